@@ -1,0 +1,259 @@
+"""`ExperimentConfig`: the one place every setting lives, and its command-line flags.
+
+Every field is a flag with the same name (`groups_per_step` -> `--groups-per-step`), so `--help`
+is the reference. The seed's flags keep their names, defaults and meaning; `--max-steps` is the
+number of REPL steps per rollout, not training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from common.errors import ConfigError
+
+
+def callable_path(fn: Callable[..., Any]) -> str:
+    """`module:qualname` of a function, the form workers import it by."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """Import `module:attr`; raises ConfigError naming the path and the fix."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{path!r} is not an import path: write it as 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {path!r} ({exc}): check the module and name") from exc
+    if not callable(target):
+        raise ConfigError(f"{path!r} is not callable: point it at a function")
+    return target
+
+
+def _to_callable(value: Any) -> Callable[..., Any]:
+    return import_callable(value) if isinstance(value, str) else value
+
+
+# A function field: accepts a function or its import path, serialises to its import path.
+ImportableFn = Annotated[
+    Callable[..., Any],
+    BeforeValidator(_to_callable),
+    PlainSerializer(callable_path, return_type=str),
+]
+
+
+class ExperimentConfig(BaseModel):
+    """Everything one training run needs. Flags mirror fields; `config_hash` names the run."""
+
+    model_config = ConfigDict(validate_assignment=True, validate_default=True, extra="forbid")
+
+    # --- The seed's flags (same names, defaults and meaning) ---
+    experiment_name: str = Field("default", description="Experiment identifier")
+    model_name: str = Field("r2e-rlm-qwen3-14b", description="ART model name")
+    project: str = Field("rlm-training", description="ART project name")
+    base_model: str = Field("Qwen/Qwen3-14B", description="HuggingFace base model")
+    vllm_url: str = Field(
+        "http://localhost:8000/v1",
+        description="Policy endpoint (OpenAI-compatible) that rollout workers call",
+    )
+    docker_url: str = Field("http://docker-node:8000", description="Grading (Docker) service")
+    cache_dir: str = Field("/data/repo-cache", description="Pre-cached repo directory")
+    num_epochs: int = Field(3, ge=1, description="Dataset epochs")
+    groups_per_step: int = Field(8, ge=1, description="Scenarios per training step")
+    rollouts_per_group: int = Field(4, ge=1, description="Rollouts per scenario")
+    max_concurrent: int = Field(32, ge=1, description="Max rollouts in flight")
+    max_steps: int = Field(15, ge=1, description="Max REPL steps per rollout")
+    max_context_tokens: int = Field(28000, ge=256, description="Context window budget")
+    learning_rate: float = Field(5e-6, gt=0, description="GRPO learning rate")
+    dataset_size: int | None = Field(None, ge=1, description="Limit dataset (for testing)")
+    log_dir: str = Field("logs", description="Trajectory log directory")
+    log_sample_rate: float = Field(0.0, ge=0, le=1, description="Fraction of rollouts to log")
+
+    # --- Data ---
+    dataset: str = Field(
+        "R2E-Gym/R2E-Gym-Lite",
+        description="HF hub id, or a local .parquet/.jsonl file in R2E-Gym-Lite's schema",
+    )
+    dataset_split: str = Field("train", description="Dataset split")
+    shuffle_seed: int = Field(0, description="Seed of the per-epoch scenario shuffle")
+
+    # --- Training ---
+    backend: str = Field(
+        "local",
+        description="'local' (LocalBackend, GPU), 'serverless', or 'module:factory' "
+        "(a function taking the config and returning an art Backend)",
+    )
+    art_path: str = Field(".art", description="Where ART keeps checkpoints, state and logs")
+    advantage_balance: float = Field(0.0, description="GRPO: bias towards positive advantages")
+    scale_rewards: bool = Field(True, description="GRPO: normalise advantages by reward std dev")
+    system_prompt_fn: ImportableFn = Field(
+        "common.prompts:r2e_system_prompt", description="System prompt function (module:name)"
+    )
+    reward_fn: ImportableFn = Field(
+        "common.rewards:finished_reward", description="Reward function (module:name)"
+    )
+    grader: Literal["none"] = Field(
+        "none", description="How rollouts are graded: 'none' gives reward_fn the outcome only"
+    )
+    wandb: bool = Field(True, description="Log to W&B (offline when WANDB_API_KEY is unset)")
+
+    # --- Queue ---
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset: localhost:6379, else a private redis-server"
+    )
+    queue_name: str = Field("rollouts", description="RQ queue the rollout workers listen on")
+    job_timeout_s: int = Field(3600, ge=10, description="RQ timeout of one group job")
+    job_retries: int = Field(2, ge=0, description="RQ retries of a group job that crashed")
+    lease_ttl_s: int = Field(
+        10, ge=2, description="A job whose worker stops renewing its lease this long is requeued"
+    )
+    rollout_retries: int = Field(
+        2, ge=0, description="Retries of an infrastructure error inside one rollout"
+    )
+    retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each try")
+    request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one policy request")
+    local_workers: int = Field(0, ge=0, description="Rollout worker processes to start beside the trainer")
+
+    # --- Rollout ---
+    max_completion_tokens: int = Field(4000, ge=1, description="Completion cap per model turn")
+    code_timeout_s: float = Field(90.0, gt=0, description="Wall-clock limit of one code block")
+    max_output_chars: int = Field(3000, ge=100, description="Code output shown to the model")
+
+    # --- Health ---
+    health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
+    max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
+    max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
+
+    @model_validator(mode="after")
+    def _check_concurrency(self) -> ExperimentConfig:
+        if self.max_concurrent < self.rollouts_per_group:
+            raise ValueError(
+                f"--max-concurrent ({self.max_concurrent}) must be at least --rollouts-per-group "
+                f"({self.rollouts_per_group}): one job runs a whole group at once"
+            )
+        return self
+
+    @property
+    def config_hash(self) -> str:
+        """Stable for equal configs, different for any changed value."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def run_id(self) -> str:
+        """Names this run's Redis keys and job ids; safe in RQ job ids."""
+        raw = f"{self.project}-{self.model_name}"
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in raw)
+
+
+class WorkerConfig(BaseModel):
+    """A rollout worker: everything else it needs arrives with each job."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL of the trainer's queue")
+    queue_name: str = Field("rollouts", description="RQ queue to take rollout jobs from")
+    worker_name: str | None = Field(None, description="Worker name; unset: host and pid")
+    burst: bool = Field(False, description="Exit when the queue is empty (for batch jobs)")
+    health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
+    max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
+    max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------------------------
+
+
+def _flag_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
+    """(parser, optional) for a field annotation."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional, annotation = True, args[0]
+    if annotation in (int, float):
+        base = annotation
+
+        def parse(text: str) -> Any:
+            return None if optional and text.lower() == "none" else base(text)
+
+        return parse, optional
+    return None, optional
+
+
+def build_parser(model_cls: type[BaseModel], prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=model_cls.__doc__)
+    parser.add_argument("--config", help="JSON file of field values; flags override it")
+    defaults = model_cls()
+    for name, field in model_cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if callable(default):
+            default = callable_path(default)
+        kwargs: dict[str, Any] = {"help": field.description, "default": argparse.SUPPRESS}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(field.annotation) is Literal:
+            kwargs["choices"] = typing.get_args(field.annotation)
+        else:
+            parse, _ = _flag_type(field.annotation)
+            if parse is not None:
+                kwargs["type"] = parse
+        # SUPPRESS keeps unset flags out of the result, so a --config file can set them.
+        kwargs["help"] = f"{field.description} (default: {default})".replace("%", "%%")
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+_C = typing.TypeVar("_C", bound=BaseModel)
+
+
+def parse_config(argv: Sequence[str] | None, model_cls: type[_C], prog: str) -> _C:
+    """Flags (and an optional --config JSON file) -> a validated config object.
+
+    Invalid values exit with one line naming the flag and the fix.
+    """
+    parser = build_parser(model_cls, prog)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        try:
+            with open(config_file) as handle:
+                values.update(json.load(handle))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--config {config_file}: {exc}")
+    values.update(args)
+    try:
+        return model_cls(**values)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    except ValueError as exc:  # pydantic.ValidationError
+        parser.error(_describe_validation_error(exc))
+
+
+def _describe_validation_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for error in errors():
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if location:
+            flag = "--" + location.replace("_", "-")
+            message = f"{flag}: {message} (got {error.get('input')!r})"
+        lines.append(message)
+    return "; ".join(lines)

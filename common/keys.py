@@ -1,0 +1,42 @@
+"""Every Redis key and id this project writes, built here and nowhere else."""
+
+from __future__ import annotations
+
+PREFIX = "rlm"
+TRAINER_GROUP = "trainer"  # consumer group of the results stream
+TRAINER_CONSUMER = "trainer"  # stable across restarts, so pending entries come back to us
+
+
+def job_id(run_id: str, step: int, group_index: int) -> str:
+    """Deterministic RQ job id of one scenario group: re-enqueueing after a crash finds it."""
+    return f"{run_id}-s{step:06d}-g{group_index:04d}"
+
+
+def rollout_id(job_id: str, rollout_index: int) -> str:
+    """Deterministic id of one rollout; the trainer deduplicates on it."""
+    return f"{job_id}-r{rollout_index:03d}"
+
+
+def results_stream(run_id: str) -> str:
+    """Redis Stream the workers post finished rollouts to; the trainer reads it as a group."""
+    return f"{PREFIX}:{run_id}:results"
+
+
+def dead_letters(run_id: str) -> str:
+    """Stream keeping messages the trainer could not decode, for inspection."""
+    return f"{PREFIX}:{run_id}:dead-letters"
+
+
+def job_lease(job_id: str) -> str:
+    """Renewed by the worker running the job; when it expires the trainer requeues the job."""
+    return f"{PREFIX}:lease:{job_id}"
+
+
+def posted_rollouts(job_id: str) -> str:
+    """Set of rollout indexes of a job already posted, so a rerun job skips them."""
+    return f"{PREFIX}:posted:{job_id}"
+
+
+def trainer_status(run_id: str) -> str:
+    """Hash the trainer keeps current: step, phase, groups in flight."""
+    return f"{PREFIX}:{run_id}:status"

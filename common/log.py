@@ -1,0 +1,43 @@
+"""One logger setup for every process: plain lines for people, JSON lines for aggregators."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for field in ("run", "step", "rollout", "worker", "job"):
+            if hasattr(record, field):
+                payload[field] = getattr(record, field)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def setup_logging(level: str = "INFO", json_mode: bool | None = None) -> None:
+    """Configure the root logger once. `LOG_JSON=1` switches to JSON lines."""
+    if json_mode is None:
+        json_mode = os.environ.get("LOG_JSON", "") == "1"
+    handler = logging.StreamHandler(sys.stderr)
+    if json_mode:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("LOG_LEVEL", level))
+    for noisy in ("httpx", "httpcore", "rq.worker", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,153 @@
+"""The wire format between trainer and workers: typed messages in versioned msgpack envelopes.
+
+Two messages cross the queue: a `RolloutJob` (trainer -> worker, one scenario group) and a
+`RolloutResult` (worker -> trainer, one rollout). Decoding is strict: an unknown version, an
+unknown type or a payload that does not validate raises `WireError`.
+
+Trajectories travel as `WireTrajectory`: each item of `messages_and_choices` is tagged `message`
+(a chat message dict) or `choice` (the raw `choices[0]` JSON of a chat completion, untouched), so
+the trainer can rebuild the exact `Choice` objects ART trains on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from common.errors import WireError
+
+SCHEMA_VERSION = 1
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scenario(_Wire):
+    """One task as the agent and the worker see it: nothing that reveals tests or the answer."""
+
+    instance_id: str
+    problem_statement: str
+    repo_name: str = ""
+    docker_image: str = ""
+
+
+class PolicyRef(_Wire):
+    """Which policy to sample from: the exact inference name (`name@step`) and where."""
+
+    inference_name: str
+    policy_step: int
+    endpoint: str
+    api_key: str = ""
+
+
+class RolloutLimits(_Wire):
+    max_steps: int
+    max_context_tokens: int
+    max_completion_tokens: int
+    code_timeout_s: float
+    max_output_chars: int
+    request_timeout_s: float
+    rollout_retries: int
+    retry_backoff_s: float
+
+
+class RolloutJob(_Wire):
+    """One RQ job: run `rollouts_per_group` rollouts of one scenario and post each result."""
+
+    run_id: str
+    job_id: str
+    step: int
+    group_index: int
+    rollouts_per_group: int
+    scenario: Scenario
+    policy: PolicyRef
+    limits: RolloutLimits
+    system_prompt_fn: str  # import path
+    reward_fn: str  # import path
+    results_stream: str
+    lease_ttl_s: int
+    enqueued_at: float
+
+
+class WireItem(_Wire):
+    kind: Literal["message", "choice"]
+    data: dict[str, Any]
+
+
+class WireHistory(_Wire):
+    messages_and_choices: list[WireItem]
+    tools: list[dict[str, Any]] | None = None
+
+
+class WireTrajectory(_Wire):
+    messages_and_choices: list[WireItem]
+    tools: list[dict[str, Any]] | None = None
+    additional_histories: list[WireHistory] = []
+    reward: float
+    metrics: dict[str, float | int | bool] = {}
+    metadata: dict[str, float | int | str | bool | None] = {}
+    logs: list[str] = []
+
+
+class ErrorInfo(_Wire):
+    """A failure kept as data: which boundary, what it said, where."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class RolloutResult(_Wire):
+    """One finished rollout: a trajectory, or the infrastructure error that ended it."""
+
+    run_id: str
+    job_id: str
+    rollout_id: str
+    step: int
+    group_index: int
+    rollout_index: int
+    instance_id: str
+    policy_step: int
+    status: Literal["ok", "failed"]
+    trajectory: WireTrajectory | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 1
+    worker: str = ""
+    enqueued_at: float
+    started_at: float
+    finished_at: float
+
+
+_M = TypeVar("_M", bound=_Wire)
+_TYPES: dict[str, type[_Wire]] = {"rollout_job": RolloutJob, "rollout_result": RolloutResult}
+_NAMES = {cls: name for name, cls in _TYPES.items()}
+
+
+def encode(message: _Wire) -> bytes:
+    """A message -> msgpack bytes of `{"v": version, "type": name, "body": fields}`."""
+    envelope = {"v": SCHEMA_VERSION, "type": _NAMES[type(message)], "body": message.model_dump()}
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+def decode(data: bytes, expected: type[_M]) -> _M:
+    """msgpack bytes -> the expected message type, or WireError saying what is wrong."""
+    try:
+        envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"not a msgpack envelope: {exc}") from exc
+    if not isinstance(envelope, dict) or set(envelope) != {"v", "type", "body"}:
+        raise WireError("envelope must be a map of exactly v, type and body")
+    if envelope["v"] != SCHEMA_VERSION:
+        raise WireError(
+            f"schema version {envelope['v']!r} is not {SCHEMA_VERSION}: "
+            "run trainer and workers from the same release"
+        )
+    if _TYPES.get(envelope["type"]) is not expected:
+        raise WireError(f"expected a {_NAMES[expected]}, got type {envelope['type']!r}")
+    try:
+        return expected.model_validate(envelope["body"])
+    except ValidationError as exc:
+        raise WireError(f"broken {_NAMES[expected]} payload: {exc}") from exc

@@ -1,0 +1,49 @@
+"""`python -m rollout_workers`: start one stateless rollout worker.
+
+Flags are parsed before the heavy imports, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+from common.config import WorkerConfig, parse_config
+from common.log import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv, WorkerConfig, prog="python -m rollout_workers")
+    setup_logging()
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from rq import Queue
+
+    from common.health import HealthMonitor
+    from common.queue import connect
+    from rollout_workers.worker import RolloutWorker
+
+    connection = connect(config.redis_url)
+    try:
+        connection.ping()
+    except RedisConnectionError as exc:
+        logging.getLogger(__name__).error(
+            "cannot reach Redis at %s (%s): start it or pass --redis-url", config.redis_url, exc
+        )
+        return 2
+    monitor = HealthMonitor(
+        config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
+    )
+    monitor.start()
+    name = config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}"
+    worker = RolloutWorker([Queue(config.queue_name, connection=connection)], connection=connection, name=name)
+    try:
+        worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
+    finally:
+        monitor.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The RQ job function: run one scenario group's rollouts concurrently, post each as it ends.
+
+While the job runs, a thread renews its lease in Redis; if the worker dies the lease expires and
+the trainer requeues the job. Rollouts already posted by an earlier attempt are skipped. An
+infrastructure failure that outlives its retries is posted as a failed rollout, never as reward 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+
+from redis import Redis
+from rq import get_current_job
+
+from common import keys
+from common.config import import_callable
+from common.errors import INFRASTRUCTURE_ERRORS, EndpointError
+from common.wire import ErrorInfo, RolloutJob, RolloutResult, decode, encode
+from rollout_workers.policy import PolicyClient
+from rollout_workers.rollout import run_rollout
+
+log = logging.getLogger(__name__)
+
+
+def run_rollout_group(envelope: bytes) -> dict[str, int]:
+    """Entry point RQ calls. Returns counts for rq-dashboard; results go to the stream."""
+    job = decode(envelope, RolloutJob)
+    connection = get_current_job().connection
+    lease = _Lease(connection, job.job_id, job.lease_ttl_s)
+    lease.start()
+    try:
+        return asyncio.run(_run_group(connection, job))
+    finally:
+        lease.stop()
+
+
+async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
+    posted = {int(i) for i in connection.smembers(keys.posted_rollouts(job.job_id))}
+    todo = [i for i in range(job.rollouts_per_group) if i not in posted]
+    if posted:
+        log.info("job %s: %d rollouts already posted, running %d", job.job_id, len(posted), len(todo))
+    system_prompt = import_callable(job.system_prompt_fn)()
+    reward_fn = import_callable(job.reward_fn)
+    client = PolicyClient(job.policy, job.limits)
+    try:
+        results = await asyncio.gather(
+            *(_rollout_and_post(connection, job, i, client, system_prompt, reward_fn) for i in todo)
+        )
+    finally:
+        await client.aclose()
+    return {"posted": len(results), "failed": sum(r.status == "failed" for r in results)}
+
+
+async def _rollout_and_post(
+    connection: Redis, job: RolloutJob, index: int, client: PolicyClient, system_prompt: str, reward_fn
+) -> RolloutResult:
+    started = time.time()
+    trajectory, error, attempts = None, None, 0
+    delay = job.limits.retry_backoff_s
+    # A sandbox that failed is retried in a fresh directory; endpoint errors were already retried
+    # request by request inside PolicyClient.
+    while True:
+        attempts += 1
+        try:
+            trajectory = await run_rollout(job, client, system_prompt, reward_fn)
+            break
+        except INFRASTRUCTURE_ERRORS as exc:
+            if attempts > job.limits.rollout_retries or isinstance(exc, EndpointError):
+                error = ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+                break
+            log.warning("rollout %d of %s: %s; retrying in %.1fs", index, job.job_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    result = RolloutResult(
+        run_id=job.run_id,
+        job_id=job.job_id,
+        rollout_id=keys.rollout_id(job.job_id, index),
+        step=job.step,
+        group_index=job.group_index,
+        rollout_index=index,
+        instance_id=job.scenario.instance_id,
+        policy_step=job.policy.policy_step,
+        status="ok" if error is None else "failed",
+        trajectory=trajectory,
+        error=error,
+        attempts=attempts,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        enqueued_at=job.enqueued_at,
+        started_at=started,
+        finished_at=time.time(),
+    )
+    post_result(connection, job, result)
+    return result
+
+
+def post_result(connection: Redis, job: RolloutJob, result: RolloutResult) -> None:
+    """Append to the results stream and mark the rollout posted, in one transaction."""
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.xadd(job.results_stream, {"data": encode(result)})
+        pipe.sadd(keys.posted_rollouts(job.job_id), result.rollout_index)
+        pipe.expire(keys.posted_rollouts(job.job_id), 7 * 24 * 3600)
+        pipe.execute()
+
+
+class _Lease(threading.Thread):
+    """Renews `keys.job_lease(job_id)` every ttl/3 seconds until stopped."""
+
+    def __init__(self, connection: Redis, job_id: str, ttl_s: int) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.connection, self.key, self.ttl_s = connection, keys.job_lease(job_id), ttl_s
+        self._stopped = threading.Event()
+        self.connection.set(self.key, socket.gethostname(), ex=ttl_s)
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.ttl_s / 3):
+            try:
+                self.connection.set(self.key, socket.gethostname(), ex=self.ttl_s)
+            except Exception:
+                log.exception("lease renewal failed")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+        self.connection.delete(self.key)

@@ -1,0 +1,95 @@
+"""Client of the policy's OpenAI-compatible endpoint, over plain httpx.
+
+The raw `choices[0]` JSON of each response is returned untouched: the trainer rebuilds the
+`Choice` objects ART trains on. Infrastructure errors (connection, timeout, 5xx, 429, model not
+loaded yet) are retried with exponential backoff, then raised as EndpointError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from common.errors import EndpointError
+from common.wire import PolicyRef, RolloutLimits
+
+log = logging.getLogger(__name__)
+
+_RETRIED_STATUS = {404, 408, 409, 425, 429, 500, 502, 503, 504}  # 404: model not loaded yet
+
+
+class ContextOverflow(Exception):
+    """The endpoint refused the prompt as too long: a model outcome, never retried."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    choice: dict[str, Any]  # raw choices[0]
+    prompt_tokens: int
+    completion_tokens: int
+    retries: int
+
+    @property
+    def content(self) -> str:
+        return (self.choice.get("message") or {}).get("content") or ""
+
+
+class PolicyClient:
+    def __init__(self, policy: PolicyRef, limits: RolloutLimits) -> None:
+        self.policy = policy
+        self.limits = limits
+        headers = {"Authorization": f"Bearer {policy.api_key}"} if policy.api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=policy.endpoint.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(limits.request_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, messages: list[dict[str, Any]]) -> Completion:
+        body = {
+            "model": self.policy.inference_name,
+            "messages": messages,
+            "max_tokens": self.limits.max_completion_tokens,
+            "logprobs": True,
+        }
+        delay = self.limits.retry_backoff_s
+        for attempt in range(self.limits.rollout_retries + 1):
+            try:
+                return self._parse(await self._client.post("/chat/completions", json=body), attempt)
+            except EndpointError as exc:
+                if attempt == self.limits.rollout_retries:
+                    raise
+                log.warning("policy request failed (%s); retry %d in %.1fs", exc, attempt + 1, delay)
+            except httpx.HTTPError as exc:
+                if attempt == self.limits.rollout_retries:
+                    raise EndpointError(f"{self.policy.endpoint}: {exc!r}") from exc
+                log.warning("policy unreachable (%r); retry %d in %.1fs", exc, attempt + 1, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _parse(self, response: httpx.Response, retries: int) -> Completion:
+        if response.status_code == 400 and "context" in response.text.lower():
+            raise ContextOverflow(response.text[:500])
+        if response.status_code != 200:
+            raise EndpointError(f"HTTP {response.status_code} from policy: {response.text[:300]}")
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            usage = payload.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise EndpointError(f"policy returned a malformed completion: {exc!r}") from exc
+        return Completion(
+            choice=choice,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            retries=retries,
+        )

@@ -1,0 +1,80 @@
+"""Runs one model-written code block in a subprocess inside the rollout's working directory.
+
+This is the simplest runner: a fresh `python` per block, its own session (so the whole process
+tree can be killed), killed with the worker (PR_SET_PDEATHSIG) and after `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import SandboxError
+
+FINISH_MARKER = ".rollout_finished"
+_PRELUDE = f"""\
+def finish(answer=""):
+    with open({FINISH_MARKER!r}, "w") as _f:
+        _f.write(str(answer))
+"""
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    output: str
+    seconds: float
+    timed_out: bool
+
+
+async def run_block(code: str, workdir: Path, timeout_s: float) -> BlockResult:
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-c",
+            _PRELUDE + code,
+            cwd=workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start the code runner: {exc}") from exc
+    timed_out = False
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout_s)
+    except asyncio.TimeoutError:
+        timed_out = True
+        stdout = b""
+    finally:
+        _kill_group(process.pid)
+        await process.wait()
+    output = stdout.decode(errors="replace")
+    if timed_out:
+        output += f"\n[interrupted: the code ran longer than {timeout_s:.0f}s]"
+    return BlockResult(output, time.monotonic() - started, timed_out)
+
+
+def finished(workdir: Path) -> bool:
+    return (workdir / FINISH_MARKER).exists()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

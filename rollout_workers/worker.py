@@ -1,0 +1,57 @@
+"""`RolloutWorker`: an RQ `SimpleWorker` that gives its job back when told to stop.
+
+No fork per job: a job is a long group of rollouts, and the imports are already warm. On SIGTERM
+or SIGINT (what `docker stop` and Ctrl+C send) a busy worker requeues its job at the front of the
+queue, kills its code runners, removes its rollout directories and exits at once, so another
+worker picks the job up without waiting for any timeout. An idle worker just stops.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import signal
+from types import FrameType
+
+import psutil
+from rq import Queue
+from rq.worker import SimpleWorker
+
+from common.queue import requeue_started_job
+from rollout_workers.rollout import rollout_dir_prefix
+
+log = logging.getLogger(__name__)
+
+
+class RolloutWorker(SimpleWorker):
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._stop_and_requeue)
+        signal.signal(signal.SIGTERM, self._stop_and_requeue)
+
+    def _stop_and_requeue(self, signum: int, frame: FrameType | None) -> None:
+        job = self.get_current_job()
+        if job is None:
+            self.request_stop(signum, frame)  # idle: RQ's own clean stop
+            return
+        log.warning("worker %s: %s while running %s; requeueing it", self.name, signal.Signals(signum).name, job.id)
+        try:
+            requeue_started_job(Queue(job.origin, connection=self.connection), job)
+        finally:
+            _kill_children()
+            for path in glob.glob(os.path.join("/tmp", rollout_dir_prefix() + "*")):
+                shutil.rmtree(path, ignore_errors=True)
+            try:
+                self.register_death()
+            finally:
+                # Leave now: the job is someone else's; letting RQ finish it would record a result.
+                os._exit(0)
+
+
+def _kill_children() -> None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
