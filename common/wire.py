@@ -87,6 +87,8 @@ class WireTrajectory(_Wire):
     tools: list[dict[str, Any]] | None = None
     additional_histories: list[WireHistory] = []
     reward: float
+    initial_policy_version: int | None = None
+    final_policy_version: int | None = None
     metrics: dict[str, float | int | bool] = {}
     metadata: dict[str, float | int | str | bool | None] = {}
     logs: list[str] = []

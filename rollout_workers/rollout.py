@@ -117,6 +117,8 @@ async def _loop(
     return WireTrajectory(
         messages_and_choices=items,
         reward=reward,
+        initial_policy_version=job.policy.policy_step,
+        final_policy_version=job.policy.policy_step,
         metrics={
             "steps": tally.steps,
             "finished": finished,

@@ -7,7 +7,6 @@ tree can be killed), killed with the worker (PR_SET_PDEATHSIG) and after `timeou
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import SandboxError
+from common.process import die_with_parent
 
 FINISH_MARKER = ".rollout_finished"
 _PRELUDE = f"""\
@@ -23,12 +23,6 @@ def finish(answer=""):
     with open({FINISH_MARKER!r}, "w") as _f:
         _f.write(str(answer))
 """
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 @dataclass(frozen=True)
 class BlockResult:
@@ -50,7 +44,7 @@ async def run_block(code: str, workdir: Path, timeout_s: float) -> BlockResult:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
         raise SandboxError(f"cannot start the code runner: {exc}") from exc

@@ -1,0 +1,36 @@
+"""`python -m trainer`: parse the flags first (so `--help` is instant), then import and train."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from common.config import ExperimentConfig, parse_config
+from common.errors import ConfigError, TaskError
+from common.log import setup_logging
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `finally`: local workers and Redis stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv, ExperimentConfig, prog="python -m trainer")
+    setup_logging()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch on import
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from trainer.loop import run_training
+
+    try:
+        asyncio.run(run_training(config))
+    except (ConfigError, TaskError) as exc:
+        logging.getLogger("trainer").error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Collecting one step's rollouts and turning them into the groups ART trains on.
+
+A group is complete when every one of its rollouts has reported, as a trajectory or as a failure.
+Policy for failures: a group with any failed rollout (an infrastructure error that outlived its
+retries) is dropped whole. Training on the survivors would compute advantages against a baseline
+missing exactly the rollouts that met trouble, and scoring them 0 would punish the model for our
+infrastructure. Dropped groups are counted, with the reason, in the step's metrics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import art
+
+from common.wire import ErrorInfo, RolloutResult
+from trainer.trajectories import to_art_trajectory
+
+
+@dataclass
+class StepResults:
+    """Everything received for one step, deduplicated by rollout id (the first copy wins)."""
+
+    step: int
+    groups: int
+    rollouts_per_group: int
+    results: dict[int, dict[int, RolloutResult]] = field(default_factory=dict)
+    entry_ids: list[str] = field(default_factory=list)  # to acknowledge after the checkpoint
+    duplicates: int = 0
+
+    def add(self, entry_id: str, result: RolloutResult) -> bool:
+        """Record a result; False when it is a duplicate of one already held."""
+        self.entry_ids.append(entry_id)
+        group = self.results.setdefault(result.group_index, {})
+        if result.rollout_index in group:
+            self.duplicates += 1
+            return False
+        group[result.rollout_index] = result
+        return True
+
+    def fail_missing(self, group_index: int, error: ErrorInfo) -> None:
+        """A job that died for good: its rollouts that never reported count as failed."""
+        group = self.results.setdefault(group_index, {})
+        for index in range(self.rollouts_per_group):
+            group.setdefault(index, _failed_placeholder(self.step, group_index, index, error))
+
+    def group_complete(self, group_index: int) -> bool:
+        return len(self.results.get(group_index, {})) == self.rollouts_per_group
+
+    @property
+    def complete(self) -> bool:
+        return all(self.group_complete(g) for g in range(self.groups))
+
+    @property
+    def received(self) -> int:
+        return sum(len(g) for g in self.results.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for g in self.results.values() for r in g.values())
+
+    def all_results(self) -> list[RolloutResult]:
+        return [r for g in self.results.values() for r in g.values()]
+
+
+@dataclass(frozen=True)
+class AssembledGroups:
+    groups: list[art.TrajectoryGroup]
+    dropped: Counter[str]  # reason -> number of groups
+
+
+def assemble_groups(step_results: StepResults) -> AssembledGroups:
+    """Complete groups -> `art.TrajectoryGroup`s, one scenario each, in group order."""
+    groups: list[art.TrajectoryGroup] = []
+    dropped: Counter[str] = Counter()
+    for group_index in range(step_results.groups):
+        results = step_results.results.get(group_index, {})
+        failures = [r for r in results.values() if r.status == "failed"]
+        if len(results) < step_results.rollouts_per_group:
+            dropped["incomplete"] += 1
+            continue
+        if failures:
+            dropped[f"failed_rollout:{failures[0].error.type if failures[0].error else 'unknown'}"] += 1
+            continue
+        ordered = [results[i] for i in sorted(results)]
+        trajectories = [to_art_trajectory(r.trajectory) for r in ordered if r.trajectory]
+        groups.append(
+            art.TrajectoryGroup(
+                trajectories,
+                metadata={"instance_id": ordered[0].instance_id, "group_index": group_index},
+            )
+        )
+    return AssembledGroups(groups, dropped)
+
+
+def _failed_placeholder(step: int, group_index: int, index: int, error: ErrorInfo) -> RolloutResult:
+    return RolloutResult(
+        run_id="",
+        job_id="",
+        rollout_id=f"missing-{step}-{group_index}-{index}",
+        step=step,
+        group_index=group_index,
+        rollout_index=index,
+        instance_id="",
+        policy_step=-1,
+        status="failed",
+        error=error,
+        enqueued_at=0.0,
+        started_at=0.0,
+        finished_at=0.0,
+    )

@@ -1,0 +1,252 @@
+"""The training loop, whole: dispatch a step's groups, gather, assemble, train, log, checkpoint.
+
+    run_training(config)
+    ├── Redis (given, localhost:6379, or a private one) + optional local workers
+    ├── health monitor thread
+    ├── backend + TrainableModel, scenarios, resume state
+    └── for each step from the resume point:
+        ├── gather: enqueue groups (<= --max-concurrent rollouts in flight), read results,
+        │           requeue jobs whose worker died, progress line
+        ├── assemble_groups (a group with a failed rollout is dropped, see trainer/groups.py)
+        ├── backend.train(...)   (skipped if this step trained before a crash)
+        ├── model.log(...)
+        └── checkpoint the step, then acknowledge the results it used
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+
+from common import keys
+from common.config import ExperimentConfig, callable_path
+from common.health import HealthMonitor
+from common.queue import connect
+from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario
+from producer import Schedule, load_scenarios
+from trainer.backend import build_backend, register_kwargs
+from trainer.collector import ResultCollector
+from trainer.dispatch import Dispatcher
+from trainer.groups import StepResults, assemble_groups
+from trainer.metrics import step_metrics
+from trainer.services import LocalServices, resolve_redis
+from trainer.state import PipelineState
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 500
+PROGRESS_EVERY_S = 5.0
+
+
+async def run_training(config: ExperimentConfig) -> PipelineState:
+    """Train until the schedule is exhausted; returns the final state."""
+    import art
+
+    if not config.wandb:
+        os.environ["WANDB_MODE"] = "disabled"
+    services = resolve_redis(config.redis_url, config.art_path)
+    monitor = HealthMonitor(
+        config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
+    )
+    monitor.start()
+    backend = None
+    try:
+        services.start_workers(config.local_workers, config.queue_name)
+        backend = await build_backend(config)
+        model = art.TrainableModel(
+            name=config.model_name, project=config.project, base_model=config.base_model
+        )
+        await model.register(backend, **register_kwargs(config))
+        loaded = load_scenarios(config.dataset, config.dataset_split, config.dataset_size)
+        schedule = Schedule(
+            loaded.scenarios, config.groups_per_step, config.num_epochs, config.shuffle_seed
+        )
+        state = PipelineState.read(model) or PipelineState(-1, await model.get_step(), config.config_hash)
+        _write_resolved_config(config, model)
+        log.info(
+            "run %s (config %s): steps %d..%d, %d scenarios",
+            config.run_id, config.config_hash, state.next_step, schedule.total_steps - 1,
+            len(loaded.scenarios),
+        )
+        runner = StepRunner(config, model, backend, connect(services.redis_url), services)
+        for step in range(state.next_step, schedule.total_steps):
+            state = await runner.run_step(step, schedule.groups_for_step(step), state)
+        log.info("training finished at step %d", state.last_completed_step)
+        return state
+    finally:
+        monitor.stop()
+        services.stop()
+        if backend is not None:
+            await backend.close()
+
+
+class StepRunner:
+    """Runs one training step at a time against the queue."""
+
+    def __init__(
+        self, config: ExperimentConfig, model: Any, backend: Any, connection: Redis, services: LocalServices
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.backend = backend
+        self.connection = connection
+        self.services = services
+        self.collector = ResultCollector(connection, config.run_id)
+        self.dispatcher = Dispatcher(
+            Queue(config.queue_name, connection=connection),
+            config.job_timeout_s,
+            config.job_retries,
+            config.lease_ttl_s,
+        )
+
+    async def run_step(self, step: int, scenarios: list[Scenario], state: PipelineState) -> PipelineState:
+        started = time.monotonic()
+        policy = PolicyRef(
+            inference_name=self.model.get_inference_name(),
+            policy_step=await self.model.get_step(),
+            endpoint=self.model.inference_base_url or self.config.vllm_url,
+            api_key=self.model.inference_api_key or "",
+        )
+        jobs = [self._job(step, index, scenario, policy) for index, scenario in enumerate(scenarios)]
+        requeued_before, dead_before = self.dispatcher.requeued, self.collector.dead_letters
+        results, stale = await self._gather(step, jobs)
+        wait_s = time.monotonic() - started
+
+        assembled = assemble_groups(results)
+        self._publish_status(step, "training", 0)
+        train_started = time.monotonic()
+        train_metrics: dict[str, float] = {}
+        if await self.model.get_step() > state.model_step:
+            log.warning("step %d trained before the trainer stopped; not training it again", step)
+        elif not assembled.groups:
+            log.error("step %d: no complete group to train (%s)", step, dict(assembled.dropped))
+        else:
+            result = await self.backend.train(
+                self.model,
+                assembled.groups,
+                learning_rate=self.config.learning_rate,
+                advantage_balance=self.config.advantage_balance,
+                scale_rewards=self.config.scale_rewards,
+            )
+            train_metrics = {f"train_{k}": float(v) for k, v in (result.metrics or {}).items()}
+        train_s = time.monotonic() - train_started
+
+        model_step = await self.model.get_step()
+        metrics = step_metrics(
+            results,
+            assembled.dropped,
+            wait_s=wait_s,
+            train_s=train_s,
+            requeued_jobs=self.dispatcher.requeued - requeued_before,
+            stale_results=stale,
+            dead_letters=self.collector.dead_letters - dead_before,
+        )
+        metrics.update(train_metrics)
+        await self.model.log(assembled.groups or None, split="train", metrics=metrics, step=model_step)
+        new_state = PipelineState(step, model_step, self.config.config_hash)
+        new_state.write(self.model)
+        # Only now, with the step checkpointed, may the results it used leave the stream.
+        self.collector.ack(results.entry_ids)
+        log.info(
+            "step %d done: %d groups trained, %d dropped, wait %.1fs, train %.1fs",
+            step, len(assembled.groups), sum(assembled.dropped.values()), wait_s, train_s,
+        )
+        return new_state
+
+    def _job(self, step: int, group_index: int, scenario: Scenario, policy: PolicyRef) -> RolloutJob:
+        config = self.config
+        job_id = keys.job_id(config.run_id, step, group_index)
+        return RolloutJob(
+            run_id=config.run_id,
+            job_id=job_id,
+            step=step,
+            group_index=group_index,
+            rollouts_per_group=config.rollouts_per_group,
+            scenario=scenario,
+            policy=policy,
+            limits=RolloutLimits(
+                max_steps=config.max_steps,
+                max_context_tokens=config.max_context_tokens,
+                max_completion_tokens=config.max_completion_tokens,
+                code_timeout_s=config.code_timeout_s,
+                max_output_chars=config.max_output_chars,
+                request_timeout_s=config.request_timeout_s,
+                rollout_retries=config.rollout_retries,
+                retry_backoff_s=config.retry_backoff_s,
+            ),
+            system_prompt_fn=callable_path(config.system_prompt_fn),
+            reward_fn=callable_path(config.reward_fn),
+            results_stream=keys.results_stream(config.run_id),
+            lease_ttl_s=config.lease_ttl_s,
+            enqueued_at=time.time(),
+        )
+
+    async def _gather(self, step: int, jobs: list[RolloutJob]) -> tuple[StepResults, int]:
+        """Keep the queue fed and read results until every group of the step is complete."""
+        results = StepResults(step, len(jobs), self.config.rollouts_per_group)
+        max_jobs = self.config.max_concurrent // self.config.rollouts_per_group
+        waiting = list(jobs)
+        in_flight: dict[int, RolloutJob] = {}
+        stale = 0
+        next_watch = next_progress = time.monotonic()
+        while not results.complete:
+            while waiting and len(in_flight) < max_jobs:
+                job = waiting.pop(0)
+                self.dispatcher.ensure_enqueued(job)
+                in_flight[job.group_index] = job
+            for received in await asyncio.to_thread(self.collector.poll, POLL_MS):
+                result = received.result
+                if result.step < step:  # a leftover of a step already checkpointed
+                    stale += 1
+                    self.collector.ack([received.entry_id])
+                elif result.step > step:
+                    log.error("result %s is for future step %d; left unacknowledged", result.rollout_id, result.step)
+                else:
+                    results.add(received.entry_id, result)
+            for group_index in [g for g in in_flight if results.group_complete(g)]:
+                del in_flight[group_index]
+
+            now = time.monotonic()
+            if now >= next_watch:
+                next_watch = now + self.config.lease_ttl_s / 2
+                self.services.check()
+                running = [job.job_id for job in in_flight.values()]
+                await asyncio.to_thread(self.dispatcher.requeue_abandoned, running)
+                failed = await asyncio.to_thread(self.dispatcher.failed_for_good, running)
+                for job in in_flight.values():
+                    if job.job_id in failed:
+                        log.error("job %s failed for good: %s", job.job_id, failed[job.job_id].message)
+                        results.fail_missing(job.group_index, failed[job.job_id])
+            if now >= next_progress:
+                next_progress = now + PROGRESS_EVERY_S
+                self._publish_status(step, "gathering", len(in_flight))
+                log.info(
+                    "step %d | rollouts %d/%d (%d failed) | jobs in flight %d, waiting %d",
+                    step, results.received, len(jobs) * self.config.rollouts_per_group,
+                    results.failed, len(in_flight), len(waiting),
+                )
+        return results, stale
+
+    def _publish_status(self, step: int, phase: str, groups_in_flight: int) -> None:
+        self.connection.hset(
+            keys.trainer_status(self.config.run_id),
+            mapping={"step": step, "phase": phase, "groups_in_flight": groups_in_flight, "updated_at": time.time()},
+        )
+
+
+def _write_resolved_config(config: ExperimentConfig, model: Any) -> None:
+    """The config as resolved, next to the model's checkpoints (written then renamed)."""
+    directory = Path(config.art_path) / config.project / "models" / config.model_name
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
+    tmp = directory / "pipeline_config.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(directory / "pipeline_config.json")

@@ -1,0 +1,53 @@
+"""Per-step figures beyond ART's own (ART averages reward and trajectory metrics itself)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from trainer.groups import StepResults
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def step_metrics(
+    results: StepResults,
+    dropped: Counter[str],
+    *,
+    wait_s: float,
+    train_s: float,
+    requeued_jobs: int,
+    stale_results: int,
+    dead_letters: int,
+) -> dict[str, float]:
+    real = [r for r in results.all_results() if r.job_id]  # not placeholders of dead jobs
+    latency = [r.finished_at - r.started_at for r in real]
+    queue_wait = [r.started_at - r.enqueued_at for r in real]
+    ok = [r.trajectory for r in real if r.trajectory is not None]
+    metrics = {
+        "pipeline/rollouts": float(len(real)),
+        "pipeline/failed_rollouts": float(results.failed),
+        "pipeline/retried_rollouts": float(sum(r.attempts > 1 for r in real)),
+        "pipeline/duplicate_results": float(results.duplicates),
+        "pipeline/stale_results": float(stale_results),
+        "pipeline/dead_letters": float(dead_letters),
+        "pipeline/requeued_jobs": float(requeued_jobs),
+        "pipeline/groups_trained": float(results.groups - sum(dropped.values())),
+        "pipeline/groups_dropped": float(sum(dropped.values())),
+        "pipeline/rollout_latency_p50_s": _percentile(latency, 0.5),
+        "pipeline/rollout_latency_p99_s": _percentile(latency, 0.99),
+        "pipeline/queue_wait_p50_s": _percentile(queue_wait, 0.5),
+        "pipeline/queue_wait_p99_s": _percentile(queue_wait, 0.99),
+        "pipeline/step_wait_s": wait_s,
+        "pipeline/step_train_s": train_s,
+    }
+    for reason, count in dropped.items():
+        metrics[f"pipeline/groups_dropped/{reason}"] = float(count)
+    if ok:
+        metrics["finished_rate"] = sum(bool(t.metrics.get("finished")) for t in ok) / len(ok)
+        metrics["avg_steps"] = sum(float(t.metrics.get("steps", 0)) for t in ok) / len(ok)
+    return metrics

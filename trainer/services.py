@@ -1,0 +1,125 @@
+"""Embedded defaults: a Redis when none is given, and rollout workers beside the trainer."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from common.errors import ConfigError
+from common.process import die_with_parent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+NO_REDIS = (
+    "no Redis at localhost:6379 and no redis-server binary to start one: install it "
+    "(`apt-get install redis-server`) or pass --redis-url redis://HOST:PORT/0"
+)
+
+
+@dataclass
+class LocalServices:
+    """Processes the trainer started and therefore stops."""
+
+    redis_url: str
+    redis_process: subprocess.Popen | None = None
+    queue_name: str = "rollouts"
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Stop loudly if our Redis died; restart a local worker that died."""
+        if self.redis_process is not None and self.redis_process.poll() is not None:
+            raise RuntimeError(f"the private redis-server exited ({self.redis_process.returncode})")
+        for index, worker in enumerate(self.workers):
+            if worker.poll() is not None:
+                log.error("local worker %d exited with %s; starting a new one", worker.pid, worker.returncode)
+                self.workers[index] = _spawn_worker(self.redis_url, self.queue_name)
+
+    def start_workers(self, count: int, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self.workers = [_spawn_worker(self.redis_url, queue_name) for _ in range(count)]
+        if count:
+            log.info("started %d local rollout workers", count)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM everything we started (busy workers requeue their job), then wait."""
+        processes = [*self.workers, *([self.redis_process] if self.redis_process else [])]
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
+    """The given Redis, else one on localhost:6379, else a private redis-server we start."""
+    if redis_url:
+        _require_ping(redis_url, "--redis-url")
+        return LocalServices(redis_url)
+    if _ping(DEFAULT_REDIS_URL):
+        return LocalServices(DEFAULT_REDIS_URL)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError(NO_REDIS)
+    port = _free_port()
+    directory = Path(data_dir) / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    # Append-only persistence: results survive a crash of the trainer and of this Redis.
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
+         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not _ping(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise ConfigError(f"the private redis-server on port {port} did not start; pass --redis-url")
+        time.sleep(0.05)
+    log.info("started a private redis-server at %s (data in %s)", url, directory)
+    return LocalServices(url, redis_process=process)
+
+
+def _spawn_worker(redis_url: str, queue_name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url, "--queue-name", queue_name],
+        # A worker whose trainer died gets SIGTERM: it requeues its job and exits.
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
+
+
+def _ping(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except RedisError:
+        return False
+
+
+def _require_ping(url: str, flag: str) -> None:
+    try:
+        Redis.from_url(url, socket_connect_timeout=3).ping()
+    except RedisError as exc:
+        raise ConfigError(f"{flag} {url}: Redis unreachable ({exc}); start it or fix the URL") from exc
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
