@@ -124,7 +124,9 @@ class ExperimentConfig(BaseModel):
     )
     retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each try")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one policy request")
-    local_workers: int = Field(0, ge=0, description="Rollout worker processes to start beside the trainer")
+    local_workers: int = Field(
+        0, ge=0, description="Rollout worker processes to start beside the trainer"
+    )
 
     # --- Rollout ---
     max_completion_tokens: int = Field(4000, ge=1, description="Completion cap per model turn")
@@ -163,7 +165,9 @@ class WorkerConfig(BaseModel):
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL of the trainer's queue")
+    redis_url: str = Field(
+        "redis://localhost:6379/0", description="Redis URL of the trainer's queue"
+    )
     queue_name: str = Field("rollouts", description="RQ queue to take rollout jobs from")
     worker_name: str | None = Field(None, description="Worker name; unset: host and pid")
     burst: bool = Field(False, description="Exit when the queue is empty (for batch jobs)")

@@ -51,5 +51,3 @@ def requeue_started_job(queue: Queue, job: Job) -> None:
         queue.enqueue_job(job, pipeline=pipe, at_front=True)
         pipe.execute()
     log.warning("job %s requeued", job.id)
-
-

@@ -34,7 +34,10 @@ class Schedule:
             raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
         n = len(self.scenarios)
         start = step * self.groups_per_step
-        return [self.scenarios[self._order(i // n)[i % n]] for i in range(start, start + self.groups_per_step)]
+        return [
+            self.scenarios[self._order(i // n)[i % n]]
+            for i in range(start, start + self.groups_per_step)
+        ]
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:

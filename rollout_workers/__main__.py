@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     monitor.start()
     name = config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}"
-    worker = RolloutWorker([Queue(config.queue_name, connection=connection)], connection=connection, name=name)
+    worker = RolloutWorker(
+        [Queue(config.queue_name, connection=connection)], connection=connection, name=name
+    )
     try:
         worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
     finally:

@@ -44,7 +44,9 @@ async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
     posted = {int(i) for i in connection.smembers(keys.posted_rollouts(job.job_id))}
     todo = [i for i in range(job.rollouts_per_group) if i not in posted]
     if posted:
-        log.info("job %s: %d rollouts already posted, running %d", job.job_id, len(posted), len(todo))
+        log.info(
+            "job %s: %d rollouts already posted, running %d", job.job_id, len(posted), len(todo)
+        )
     system_prompt = import_callable(job.system_prompt_fn)()
     reward_fn = import_callable(job.reward_fn)
     client = PolicyClient(job.policy, job.limits)
@@ -58,7 +60,12 @@ async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
 
 
 async def _rollout_and_post(
-    connection: Redis, job: RolloutJob, index: int, client: PolicyClient, system_prompt: str, reward_fn
+    connection: Redis,
+    job: RolloutJob,
+    index: int,
+    client: PolicyClient,
+    system_prompt: str,
+    reward_fn,
 ) -> RolloutResult:
     started = time.time()
     trajectory, error, attempts = None, None, 0
@@ -72,7 +79,9 @@ async def _rollout_and_post(
             break
         except INFRASTRUCTURE_ERRORS as exc:
             if attempts > job.limits.rollout_retries or isinstance(exc, EndpointError):
-                error = ErrorInfo(type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc())
+                error = ErrorInfo(
+                    type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
+                )
                 break
             log.warning("rollout %d of %s: %s; retrying in %.1fs", index, job.job_id, exc, delay)
             await asyncio.sleep(delay)

@@ -67,7 +67,9 @@ class PolicyClient:
             except EndpointError as exc:
                 if attempt == self.limits.rollout_retries:
                     raise
-                log.warning("policy request failed (%s); retry %d in %.1fs", exc, attempt + 1, delay)
+                log.warning(
+                    "policy request failed (%s); retry %d in %.1fs", exc, attempt + 1, delay
+                )
             except httpx.HTTPError as exc:
                 if attempt == self.limits.rollout_retries:
                     raise EndpointError(f"{self.policy.endpoint}: {exc!r}") from exc

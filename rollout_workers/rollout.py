@@ -56,7 +56,9 @@ def rollout_dir_prefix() -> str:
     return f"{ROLLOUT_DIR_PREFIX}{os.getpid()}-"
 
 
-async def run_rollout(job: RolloutJob, client: PolicyClient, system_prompt: str, reward_fn: Any) -> WireTrajectory:
+async def run_rollout(
+    job: RolloutJob, client: PolicyClient, system_prompt: str, reward_fn: Any
+) -> WireTrajectory:
     workdir = Path(tempfile.mkdtemp(prefix=rollout_dir_prefix()))
     try:
         return await _loop(job, client, system_prompt, reward_fn, workdir)

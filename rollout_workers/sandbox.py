@@ -7,6 +7,7 @@ tree can be killed), killed with the worker (PR_SET_PDEATHSIG) and after `timeou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ def finish(answer=""):
     with open({FINISH_MARKER!r}, "w") as _f:
         _f.write(str(answer))
 """
+
 
 @dataclass(frozen=True)
 class BlockResult:
@@ -51,7 +53,7 @@ async def run_block(code: str, workdir: Path, timeout_s: float) -> BlockResult:
     timed_out = False
     try:
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         timed_out = True
         stdout = b""
     finally:
@@ -68,7 +70,5 @@ def finished(workdir: Path) -> bool:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

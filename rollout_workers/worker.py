@@ -35,7 +35,12 @@ class RolloutWorker(SimpleWorker):
         if job is None:
             self.request_stop(signum, frame)  # idle: RQ's own clean stop
             return
-        log.warning("worker %s: %s while running %s; requeueing it", self.name, signal.Signals(signum).name, job.id)
+        log.warning(
+            "worker %s: %s while running %s; requeueing it",
+            self.name,
+            signal.Signals(signum).name,
+            job.id,
+        )
         try:
             requeue_started_job(Queue(job.origin, connection=self.connection), job)
         finally:

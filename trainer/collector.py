@@ -64,7 +64,11 @@ class ResultCollector:
 
     def _read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         reply = self.connection.xreadgroup(
-            keys.TRAINER_GROUP, keys.TRAINER_CONSUMER, {self.stream: cursor}, count=count, block=block_ms
+            keys.TRAINER_GROUP,
+            keys.TRAINER_CONSUMER,
+            {self.stream: cursor},
+            count=count,
+            block=block_ms,
         )
         entries = reply[0][1] if reply else []
         return [(_text(entry_id), fields) for entry_id, fields in entries if fields is not None]
@@ -75,7 +79,11 @@ class ResultCollector:
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.dead_letter_stream,
-                {"source_id": entry_id, "error": str(error)[:2000], **{k: v for k, v in fields.items()}},
+                {
+                    "source_id": entry_id,
+                    "error": str(error)[:2000],
+                    **{k: v for k, v in fields.items()},
+                },
             )
             pipe.xack(self.stream, keys.TRAINER_GROUP, entry_id)
             pipe.execute()

@@ -21,7 +21,13 @@ from common.wire import ErrorInfo, RolloutJob
 
 log = logging.getLogger(__name__)
 
-_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.FINISHED}
+_ALIVE = {
+    JobStatus.QUEUED,
+    JobStatus.STARTED,
+    JobStatus.DEFERRED,
+    JobStatus.SCHEDULED,
+    JobStatus.FINISHED,
+}
 
 
 @dataclass
@@ -51,7 +57,9 @@ class Dispatcher:
             if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
                 continue
             started = job.started_at.timestamp() if job.started_at else now
-            if now - started < self.lease_ttl_s or self.queue.connection.exists(keys.job_lease(job_id)):
+            if now - started < self.lease_ttl_s or self.queue.connection.exists(
+                keys.job_lease(job_id)
+            ):
                 continue
             log.warning("job %s lost its worker %s; requeueing", job_id, job.worker_name)
             requeue_started_job(self.queue, job)
@@ -64,11 +72,16 @@ class Dispatcher:
         failed = {}
         for job_id in job_ids:
             job = self._fetch(job_id)
-            if job is None or job.get_status(refresh=False) not in (JobStatus.FAILED, JobStatus.STOPPED):
+            if job is None or job.get_status(refresh=False) not in (
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+            ):
                 continue
             latest = job.latest_result()
             message = (latest.exc_string if latest else None) or "job failed without a traceback"
-            failed[job_id] = ErrorInfo(type="JobFailed", message=message.strip().splitlines()[-1], traceback=message)
+            failed[job_id] = ErrorInfo(
+                type="JobFailed", message=message.strip().splitlines()[-1], traceback=message
+            )
         return failed
 
     def _fetch(self, job_id: str) -> Job | None:

@@ -81,7 +81,9 @@ def assemble_groups(step_results: StepResults) -> AssembledGroups:
             dropped["incomplete"] += 1
             continue
         if failures:
-            dropped[f"failed_rollout:{failures[0].error.type if failures[0].error else 'unknown'}"] += 1
+            dropped[
+                f"failed_rollout:{failures[0].error.type if failures[0].error else 'unknown'}"
+            ] += 1
             continue
         ordered = [results[i] for i in sorted(results)]
         trajectories = [to_art_trajectory(r.trajectory) for r in ordered if r.trajectory]

@@ -1,16 +1,16 @@
 """The training loop, whole: dispatch a step's groups, gather, assemble, train, log, checkpoint.
 
-    run_training(config)
-    ├── Redis (given, localhost:6379, or a private one) + optional local workers
-    ├── health monitor thread
-    ├── backend + TrainableModel, scenarios, resume state
-    └── for each step from the resume point:
-        ├── gather: enqueue groups (<= --max-concurrent rollouts in flight), read results,
-        │           requeue jobs whose worker died, progress line
-        ├── assemble_groups (a group with a failed rollout is dropped, see trainer/groups.py)
-        ├── backend.train(...)   (skipped if this step trained before a crash)
-        ├── model.log(...)
-        └── checkpoint the step, then acknowledge the results it used
+run_training(config)
+├── Redis (given, localhost:6379, or a private one) + optional local workers
+├── health monitor thread
+├── backend + TrainableModel, scenarios, resume state
+└── for each step from the resume point:
+    ├── gather: enqueue groups (<= --max-concurrent rollouts in flight), read results,
+    │           requeue jobs whose worker died, progress line
+    ├── assemble_groups (a group with a failed rollout is dropped, see trainer/groups.py)
+    ├── backend.train(...)   (skipped if this step trained before a crash)
+    ├── model.log(...)
+    └── checkpoint the step, then acknowledge the results it used
 """
 
 from __future__ import annotations
@@ -69,11 +69,16 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         schedule = Schedule(
             loaded.scenarios, config.groups_per_step, config.num_epochs, config.shuffle_seed
         )
-        state = PipelineState.read(model) or PipelineState(-1, await model.get_step(), config.config_hash)
+        state = PipelineState.read(model) or PipelineState(
+            -1, await model.get_step(), config.config_hash
+        )
         _write_resolved_config(config, model)
         log.info(
             "run %s (config %s): steps %d..%d, %d scenarios",
-            config.run_id, config.config_hash, state.next_step, schedule.total_steps - 1,
+            config.run_id,
+            config.config_hash,
+            state.next_step,
+            schedule.total_steps - 1,
             len(loaded.scenarios),
         )
         runner = StepRunner(config, model, backend, connect(services.redis_url), services)
@@ -92,7 +97,12 @@ class StepRunner:
     """Runs one training step at a time against the queue."""
 
     def __init__(
-        self, config: ExperimentConfig, model: Any, backend: Any, connection: Redis, services: LocalServices
+        self,
+        config: ExperimentConfig,
+        model: Any,
+        backend: Any,
+        connection: Redis,
+        services: LocalServices,
     ) -> None:
         self.config = config
         self.model = model
@@ -107,7 +117,9 @@ class StepRunner:
             config.lease_ttl_s,
         )
 
-    async def run_step(self, step: int, scenarios: list[Scenario], state: PipelineState) -> PipelineState:
+    async def run_step(
+        self, step: int, scenarios: list[Scenario], state: PipelineState
+    ) -> PipelineState:
         started = time.monotonic()
         policy = PolicyRef(
             inference_name=self.model.get_inference_name(),
@@ -115,7 +127,9 @@ class StepRunner:
             endpoint=self.model.inference_base_url or self.config.vllm_url,
             api_key=self.model.inference_api_key or "",
         )
-        jobs = [self._job(step, index, scenario, policy) for index, scenario in enumerate(scenarios)]
+        jobs = [
+            self._job(step, index, scenario, policy) for index, scenario in enumerate(scenarios)
+        ]
         requeued_before, dead_before = self.dispatcher.requeued, self.collector.dead_letters
         results, stale = await self._gather(step, jobs)
         wait_s = time.monotonic() - started
@@ -136,7 +150,7 @@ class StepRunner:
                 advantage_balance=self.config.advantage_balance,
                 scale_rewards=self.config.scale_rewards,
             )
-            train_metrics = {f"train_{k}": float(v) for k, v in (result.metrics or {}).items()}
+            train_metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
         train_s = time.monotonic() - train_started
 
         model_step = await self.model.get_step()
@@ -150,18 +164,26 @@ class StepRunner:
             dead_letters=self.collector.dead_letters - dead_before,
         )
         metrics.update(train_metrics)
-        await self.model.log(assembled.groups or None, split="train", metrics=metrics, step=model_step)
+        await self.model.log(
+            assembled.groups or None, split="train", metrics=metrics, step=model_step
+        )
         new_state = PipelineState(step, model_step, self.config.config_hash)
         new_state.write(self.model)
         # Only now, with the step checkpointed, may the results it used leave the stream.
         self.collector.ack(results.entry_ids)
         log.info(
             "step %d done: %d groups trained, %d dropped, wait %.1fs, train %.1fs",
-            step, len(assembled.groups), sum(assembled.dropped.values()), wait_s, train_s,
+            step,
+            len(assembled.groups),
+            sum(assembled.dropped.values()),
+            wait_s,
+            train_s,
         )
         return new_state
 
-    def _job(self, step: int, group_index: int, scenario: Scenario, policy: PolicyRef) -> RolloutJob:
+    def _job(
+        self, step: int, group_index: int, scenario: Scenario, policy: PolicyRef
+    ) -> RolloutJob:
         config = self.config
         job_id = keys.job_id(config.run_id, step, group_index)
         return RolloutJob(
@@ -208,7 +230,11 @@ class StepRunner:
                     stale += 1
                     self.collector.ack([received.entry_id])
                 elif result.step > step:
-                    log.error("result %s is for future step %d; left unacknowledged", result.rollout_id, result.step)
+                    log.error(
+                        "result %s is for future step %d; left unacknowledged",
+                        result.rollout_id,
+                        result.step,
+                    )
                 else:
                     results.add(received.entry_id, result)
             for group_index in [g for g in in_flight if results.group_complete(g)]:
@@ -223,22 +249,33 @@ class StepRunner:
                 failed = await asyncio.to_thread(self.dispatcher.failed_for_good, running)
                 for job in in_flight.values():
                     if job.job_id in failed:
-                        log.error("job %s failed for good: %s", job.job_id, failed[job.job_id].message)
+                        log.error(
+                            "job %s failed for good: %s", job.job_id, failed[job.job_id].message
+                        )
                         results.fail_missing(job.group_index, failed[job.job_id])
             if now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_S
                 self._publish_status(step, "gathering", len(in_flight))
                 log.info(
                     "step %d | rollouts %d/%d (%d failed) | jobs in flight %d, waiting %d",
-                    step, results.received, len(jobs) * self.config.rollouts_per_group,
-                    results.failed, len(in_flight), len(waiting),
+                    step,
+                    results.received,
+                    len(jobs) * self.config.rollouts_per_group,
+                    results.failed,
+                    len(in_flight),
+                    len(waiting),
                 )
         return results, stale
 
     def _publish_status(self, step: int, phase: str, groups_in_flight: int) -> None:
         self.connection.hset(
             keys.trainer_status(self.config.run_id),
-            mapping={"step": step, "phase": phase, "groups_in_flight": groups_in_flight, "updated_at": time.time()},
+            mapping={
+                "step": step,
+                "phase": phase,
+                "groups_in_flight": groups_in_flight,
+                "updated_at": time.time(),
+            },
         )
 
 

@@ -43,7 +43,11 @@ class LocalServices:
             raise RuntimeError(f"the private redis-server exited ({self.redis_process.returncode})")
         for index, worker in enumerate(self.workers):
             if worker.poll() is not None:
-                log.error("local worker %d exited with %s; starting a new one", worker.pid, worker.returncode)
+                log.error(
+                    "local worker %d exited with %s; starting a new one",
+                    worker.pid,
+                    worker.returncode,
+                )
                 self.workers[index] = _spawn_worker(self.redis_url, self.queue_name)
 
     def start_workers(self, count: int, queue_name: str) -> None:
@@ -82,8 +86,21 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
     directory.mkdir(parents=True, exist_ok=True)
     # Append-only persistence: results survive a crash of the trainer and of this Redis.
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
-         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory.resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -91,7 +108,9 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
     while not _ping(url):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise ConfigError(f"the private redis-server on port {port} did not start; pass --redis-url")
+            raise ConfigError(
+                f"the private redis-server on port {port} did not start; pass --redis-url"
+            )
         time.sleep(0.05)
     log.info("started a private redis-server at %s (data in %s)", url, directory)
     return LocalServices(url, redis_process=process)
@@ -99,7 +118,15 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
 
 def _spawn_worker(redis_url: str, queue_name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url, "--queue-name", queue_name],
+        [
+            sys.executable,
+            "-m",
+            "rollout_workers",
+            "--redis-url",
+            redis_url,
+            "--queue-name",
+            queue_name,
+        ],
         # A worker whose trainer died gets SIGTERM: it requeues its job and exits.
         preexec_fn=die_with_parent(signal.SIGTERM),
     )
@@ -116,7 +143,9 @@ def _require_ping(url: str, flag: str) -> None:
     try:
         Redis.from_url(url, socket_connect_timeout=3).ping()
     except RedisError as exc:
-        raise ConfigError(f"{flag} {url}: Redis unreachable ({exc}); start it or fix the URL") from exc
+        raise ConfigError(
+            f"{flag} {url}: Redis unreachable ({exc}); start it or fix the URL"
+        ) from exc
 
 
 def _free_port() -> int:

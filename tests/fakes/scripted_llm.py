@@ -1,0 +1,162 @@
+"""An OpenAI-compatible chat-completions server that plays scripted assistant turns.
+
+Responses look like ART's vLLM: `choices[0]` with `logprobs.content` whose tokens are
+`token_id:N`, vLLM's extra fields (`stop_reason`, `token_ids`), and `usage`. The script is the
+default agent session: look around, then either call finish() or keep talking. Run it alone with
+`python -m tests.fakes.scripted_llm --port 8001`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+EXPLORE = "Let me look around first.\n```python\nimport os\nprint(sorted(os.listdir('.')))\n```"
+FINISH = "The fix is in place.\n```python\nfinish()\n```"
+WANDER = "I am not sure yet; let me think about the problem statement again."
+
+
+def default_script(messages: list[dict[str, Any]], rng: random.Random) -> str:
+    """Turn 1 explores; later turns finish with probability 1/2 (so rewards vary in a group)."""
+    turn = sum(m.get("role") == "assistant" for m in messages)
+    if turn == 0:
+        return EXPLORE
+    return FINISH if rng.random() < 0.5 else WANDER
+
+
+def finish_at_once(messages: list[dict[str, Any]], rng: random.Random) -> str:
+    return FINISH
+
+
+class ScriptedLLM:
+    """Threaded HTTP server; `with ScriptedLLM() as llm: llm.url`."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        script=default_script,
+        delay_s: float = 0.0,
+        fail_when: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.script = script
+        self.delay_s = delay_s
+        self.fail_when = fail_when  # prompts containing this text get HTTP 503
+        self.rng = random.Random(seed)
+        self.requests = 0
+        self.models_seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedLLM:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        messages = body.get("messages") or []
+        with self._lock:
+            self.requests += 1
+            self.models_seen.add(body.get("model", ""))
+            text = self.script(messages, self.rng)
+        if self.fail_when and any(self.fail_when in str(m.get("content")) for m in messages):
+            return 503, {"error": {"message": "scripted outage", "type": "server_error"}}
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
+        return 200, completion(body.get("model", ""), text, prompt_tokens)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                length = int(self.headers.get("Content-Length", 0))
+                status, payload = outer.respond(json.loads(self.rfile.read(length)))
+                self._send(status, payload)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._send(
+                    200, {"object": "list", "data": [{"id": m} for m in sorted(outer.models_seen)]}
+                )
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def completion(model: str, text: str, prompt_tokens: int) -> dict[str, Any]:
+    """A chat completion as ART's vLLM returns it: token_id tokens with logprobs."""
+    pieces = [p for p in text.replace("\n", " \n ").split(" ") if p] or [""]
+    token_ids = [zlib.crc32(p.encode()) % 150_000 for p in pieces]
+    logprobs = [
+        {
+            "token": f"token_id:{t}",
+            "logprob": -0.05 * (i % 7),
+            "bytes": list(p.encode()),
+            "top_logprobs": [],
+        }
+        for i, (t, p) in enumerate(zip(token_ids, pieces, strict=True))
+    ]
+    return {
+        "id": f"chatcmpl-{zlib.crc32(text.encode()):x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "tool_calls": None},
+                "logprobs": {"content": logprobs},
+                "finish_reason": "stop",
+                "stop_reason": None,
+                "token_ids": token_ids,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(token_ids),
+            "total_tokens": prompt_tokens + len(token_ids),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    args = parser.parse_args()
+    with ScriptedLLM(port=args.port, delay_s=args.delay_s) as llm:
+        print(f"scripted LLM at {llm.url}", flush=True)  # noqa: T201
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
