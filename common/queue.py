@@ -42,6 +42,7 @@ def requeue_started_job(queue: Queue, job: Job) -> None:
     One transaction: its entries leave the started registry and it is queued again."""
     registry = StartedJobRegistry(queue=queue)
     with queue.connection.pipeline() as pipe:
+        pipe.multi()  # explicit, as RQ's enqueue_job expects of a caller's pipeline
         for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
             if job_id == job.id:
                 pipe.zrem(registry.key, f"{job_id}:{execution_id}")

@@ -69,9 +69,12 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         schedule = Schedule(
             loaded.scenarios, config.groups_per_step, config.num_epochs, config.shuffle_seed
         )
-        state = PipelineState.read(model) or PipelineState(
-            -1, await model.get_step(), config.config_hash
-        )
+        state = PipelineState.read(model)
+        if state is None:
+            # Recorded before anything trains, so a crash between train() and the checkpoint
+            # of step 0 is recognised on restart like any other step's.
+            state = PipelineState(-1, await model.get_step(), config.config_hash)
+            state.write(model)
         _write_resolved_config(config, model)
         log.info(
             "run %s (config %s): steps %d..%d, %d scenarios",

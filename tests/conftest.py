@@ -1,0 +1,176 @@
+"""Shared fixtures: a private Redis per test session (emptied for every test), the scripted LLM,
+a toy dataset, and helpers that start workers and trainers as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from tests.dataset import write_r2e_jsonl
+from tests.fakes.scripted_llm import ScriptedLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail the test naming what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: _pings(url), 10, "the test redis-server")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    connection = Redis.from_url(redis_server)
+    connection.flushall()
+    yield redis_server
+    connection.flushall()
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    with ScriptedLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_r2e_jsonl(tmp_path / "r2e.jsonl", rows=6)
+
+
+class Processes:
+    """Processes a test started; every one is stopped, by its pid, at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen] = []
+
+    def worker(self, redis_url: str, name: str) -> subprocess.Popen:
+        return self._spawn(
+            [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url, "--worker-name", name],
+            f"worker-{name}",
+        )
+
+    def trainer(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self._spawn([sys.executable, "-m", "trainer", *args], "trainer", env)
+
+    def _spawn(self, command: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.tmp_path / f"{log_name}-{len(self.started)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp_path.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait(10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    tracker = Processes(tmp_path)
+    yield tracker
+    tracker.stop_all()
+
+
+def trainer_args(redis_url: str, llm_url: str, dataset: Path, art_path: Path, **overrides: Any) -> list[str]:
+    values: dict[str, Any] = {
+        "backend": "tests.fakes.recording_backend:create",
+        "vllm_url": llm_url,
+        "redis_url": redis_url,
+        "dataset": str(dataset),
+        "art_path": str(art_path),
+        "groups_per_step": 2,
+        "rollouts_per_group": 3,
+        "max_concurrent": 6,
+        "num_epochs": 1,
+        "dataset_size": 4,  # 4 scenarios / 2 groups per step = 2 steps
+        "max_steps": 4,
+        "lease_ttl_s": 3,
+        "retry_backoff_s": 0.05,
+        "health_check_interval": 30,
+    }
+    values.update(overrides)
+    args = ["--no-wandb"]
+    for key, value in values.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def model_dir(art_path: Path) -> Path:
+    return art_path / "rlm-training" / "models" / "r2e-rlm-qwen3-14b"
+
+
+def train_calls(art_path: Path) -> list[dict[str, Any]]:
+    path = model_dir(art_path) / "train_calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def history(art_path: Path) -> list[dict[str, Any]]:
+    path = model_dir(art_path) / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def pipeline_state(art_path: Path) -> dict[str, Any] | None:
+    path = model_dir(art_path) / "state.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("rlm_pipeline")
+    except ValueError:
+        return None  # being written

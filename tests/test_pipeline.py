@@ -1,0 +1,199 @@
+"""The queue pipeline end to end: real Redis, real RQ workers in their own processes, the real
+trainer loop, the scripted LLM standing in for vLLM and the recording backend for the GPU."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+from redis import Redis
+from rq import Worker
+
+from common import keys
+from common.config import ExperimentConfig, parse_config
+from tests.conftest import (
+    Processes,
+    history,
+    pipeline_state,
+    train_calls,
+    trainer_args,
+    wait_for,
+)
+from tests.fakes.recording_backend import CRASH_AFTER_TRAIN_ENV
+from tests.fakes.scripted_llm import ScriptedLLM
+from trainer.loop import run_training
+
+pytestmark = pytest.mark.integration
+
+GROUPS, ROLLOUTS, STEPS = 2, 3, 2
+RUN_ID = ExperimentConfig().run_id
+
+
+def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = GROUPS) -> None:
+    calls = train_calls(art_path)
+    assert [c["step"] for c in calls] == list(range(1, steps + 1)), "each step trained exactly once"
+    seen: set[str] = set()
+    for call in calls:
+        assert len(call["groups"]) == groups
+        for group in call["groups"]:
+            assert group["type"] == "TrajectoryGroup"
+            assert group["size"] == ROLLOUTS
+            assert len(group["instance_ids"]) == 1, "one scenario per group"
+            assert all(group["trainable"]), "every trajectory carries Choices with logprobs"
+            assert group["policy_versions"] == [call["step"] - 1] * ROLLOUTS
+            seen.update(group["instance_ids"])
+    assert len(seen) == steps * groups, "no scenario repeated within the epoch"
+
+
+def nothing_left_unacknowledged(redis_url: str) -> bool:
+    summary = Redis.from_url(redis_url).xpending(keys.results_stream(RUN_ID), keys.TRAINER_GROUP)
+    return summary["pending"] == 0
+
+
+def test_two_steps_with_local_workers(redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path) -> None:
+    art_path = tmp_path / "art"
+    config = parse_config(
+        trainer_args(redis_url, llm.url, dataset, art_path, local_workers=2), ExperimentConfig, "trainer"
+    )
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    state = asyncio.run(run_training(config))
+
+    assert state.last_completed_step == STEPS - 1
+    assert_trained_correctly(art_path)
+    assert nothing_left_unacknowledged(redis_url)
+    assert {f"{config.model_name}@0", f"{config.model_name}@1"} <= llm.models_seen
+    last = history(art_path)[-1]
+    assert last["pipeline/rollouts"] == GROUPS * ROLLOUTS
+    assert last["pipeline/failed_rollouts"] == 0
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
+    assert not left, f"processes left running after the trainer returned: {left}"
+
+
+def _busy_worker(redis_url: str) -> Worker:
+    def find() -> Worker | None:
+        for worker in Worker.all(connection=Redis.from_url(redis_url)):
+            if worker.get_current_job_id():
+                return worker
+        return None
+
+    return wait_for(find, 30, "a worker running a job")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_worker_stopped_mid_job(
+    sig: signal.Signals, redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    art_path = tmp_path / "art"
+    with ScriptedLLM(delay_s=0.25, script=lambda m, r: "Still thinking, no code yet.") as slow:
+        for name in ("a", "b"):
+            processes.worker(redis_url, name)
+        trainer = processes.trainer(trainer_args(redis_url, slow.url, dataset, art_path))
+        victim = _busy_worker(redis_url)
+        job_id = victim.get_current_job_id()
+        psutil.Process(victim.pid).send_signal(sig)
+        if sig == signal.SIGTERM:
+            # The worker gives its job back itself, at once, and exits cleanly.
+            assert psutil.Process(victim.pid).wait(10) == 0
+            wait_for(lambda: _picked_up_by_other(redis_url, job_id, victim.name), 10, "the job rerun")
+        assert trainer.wait(120) == 0, processes.logs()
+
+    assert_trained_correctly(art_path)
+    requeued_by_trainer = sum(h["pipeline/requeued_jobs"] for h in history(art_path))
+    assert requeued_by_trainer == (1 if sig == signal.SIGKILL else 0)
+
+
+def _picked_up_by_other(redis_url: str, job_id: str, dead_worker: str) -> bool:
+    return any(
+        w.get_current_job_id() == job_id and w.name != dead_worker
+        for w in Worker.all(connection=Redis.from_url(redis_url))
+    ) or bool(Redis.from_url(redis_url).exists(keys.posted_rollouts(job_id)))
+
+
+def test_trainer_killed_mid_step_resumes(
+    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    art_path = tmp_path / "art"
+    redis = Redis.from_url(redis_url)
+    stream = keys.results_stream(RUN_ID)
+    with ScriptedLLM(delay_s=0.1) as llm:
+        for name in ("a", "b"):
+            processes.worker(redis_url, name)
+        args = trainer_args(redis_url, llm.url, dataset, art_path)
+        first = processes.trainer(args)
+        wait_for(lambda: (pipeline_state(art_path) or {}).get("last_completed_step") == 0, 60, "step 0")
+        # Kill it once step 1 has finished rollouts in the stream but before it trains.
+        wait_for(lambda: redis.xlen(stream) > GROUPS * ROLLOUTS, 60, "step 1 results")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert len(train_calls(art_path)) == 1
+        second = processes.trainer(args)
+        assert second.wait(120) == 0, processes.logs()
+
+    assert_trained_correctly(art_path)
+    # Every rollout was posted once: the restarted trainer reused what the first one left.
+    assert redis.xlen(stream) == STEPS * GROUPS * ROLLOUTS
+    assert nothing_left_unacknowledged(redis_url)
+
+
+def test_crash_between_train_and_checkpoint_trains_once(
+    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    art_path = tmp_path / "art"
+    processes.worker(redis_url, "a")
+    args = trainer_args(redis_url, llm.url, dataset, art_path)
+    first = processes.trainer(args, env={CRASH_AFTER_TRAIN_ENV: "1"})
+    assert first.wait(120) == 137, processes.logs()
+    assert pipeline_state(art_path)["last_completed_step"] == -1  # trained, never checkpointed
+    assert processes.trainer(args).wait(120) == 0, processes.logs()
+    assert_trained_correctly(art_path)
+
+
+def test_malformed_results_are_kept_aside(
+    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    art_path = tmp_path / "art"
+    redis = Redis.from_url(redis_url)
+    stream = keys.results_stream(RUN_ID)
+    redis.xgroup_create(stream, keys.TRAINER_GROUP, id="0", mkstream=True)
+    redis.xadd(stream, {"data": b"\xc1 not msgpack"})
+    redis.xadd(stream, {"data": b"\x83\xa1v\x63\xa4type\xaerollout_result\xa4body\x80"})  # v=99
+    processes.worker(redis_url, "a")
+    config = parse_config(trainer_args(redis_url, llm.url, dataset, art_path), ExperimentConfig, "t")
+
+    asyncio.run(run_training(config))
+
+    assert_trained_correctly(art_path)
+    letters = redis.xrange(keys.dead_letters(RUN_ID))
+    assert len(letters) == 2
+    errors = sorted(fields[b"error"].decode() for _, fields in letters)
+    assert "not a msgpack envelope" in errors[0] and "schema version 99" in errors[1]
+    assert sum(h["pipeline/dead_letters"] for h in history(art_path)) == 2
+    assert nothing_left_unacknowledged(redis_url)
+
+
+def test_infrastructure_failure_drops_the_group_instead_of_scoring_zero(
+    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    art_path = tmp_path / "art"
+    processes.worker(redis_url, "a")
+    processes.worker(redis_url, "b")
+    with ScriptedLLM(fail_when="Task 1:") as flaky:  # every request about scenario 1 gets a 503
+        config = parse_config(
+            trainer_args(redis_url, flaky.url, dataset, art_path, rollout_retries=1, dataset_size=2, groups_per_step=2),
+            ExperimentConfig,
+            "t",
+        )
+        asyncio.run(run_training(config))
+
+    calls = train_calls(art_path)
+    assert len(calls) == 1 and len(calls[0]["groups"]) == 1
+    trained_ids = calls[0]["groups"][0]["instance_ids"]
+    assert not any("Task 1" in i for i in trained_ids)
+    last = history(art_path)[-1]
+    assert last["pipeline/failed_rollouts"] == ROLLOUTS
+    assert last["pipeline/groups_dropped"] == 1
+    assert last["pipeline/groups_dropped/failed_rollout:EndpointError"] == 1
