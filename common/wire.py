@@ -131,7 +131,10 @@ _NAMES = {cls: name for name, cls in _TYPES.items()}
 def encode(message: _Wire) -> bytes:
     """A message -> msgpack bytes of `{"v": version, "type": name, "body": fields}`."""
     envelope = {"v": SCHEMA_VERSION, "type": _NAMES[type(message)], "body": message.model_dump()}
-    return msgpack.packb(envelope, use_bin_type=True)
+    try:
+        return msgpack.packb(envelope, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise WireError(f"cannot encode {_NAMES[type(message)]}: {exc}") from exc
 
 
 def decode(data: bytes, expected: type[_M]) -> _M:

@@ -19,6 +19,10 @@ from typing import Any
 import pytest
 from redis import Redis
 
+os.environ.setdefault(
+    "LITELLM_LOCAL_MODEL_COST_MAP", "True"
+)  # litellm (via art): no network on import
+
 from tests.dataset import write_r2e_jsonl
 from tests.fakes.scripted_llm import ScriptedLLM
 
@@ -31,7 +35,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05
+) -> Any:
     """Poll until predicate() is truthy; fail the test naming what never happened."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -50,8 +56,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     directory = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -96,23 +113,39 @@ class Processes:
 
     def worker(self, redis_url: str, name: str) -> subprocess.Popen:
         return self._spawn(
-            [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url, "--worker-name", name],
+            [
+                sys.executable,
+                "-m",
+                "rollout_workers",
+                "--redis-url",
+                redis_url,
+                "--worker-name",
+                name,
+            ],
             f"worker-{name}",
         )
 
     def trainer(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         return self._spawn([sys.executable, "-m", "trainer", *args], "trainer", env)
 
-    def _spawn(self, command: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(
+        self, command: list[str], log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.tmp_path / f"{log_name}-{len(self.started)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         self.started.append(process)
         return process
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp_path.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp_path.glob("*.log"))
+        )
 
     def stop_all(self) -> None:
         for process in self.started:
@@ -128,7 +161,9 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     tracker.stop_all()
 
 
-def trainer_args(redis_url: str, llm_url: str, dataset: Path, art_path: Path, **overrides: Any) -> list[str]:
+def trainer_args(
+    redis_url: str, llm_url: str, dataset: Path, art_path: Path, **overrides: Any
+) -> list[str]:
     values: dict[str, Any] = {
         "backend": "tests.fakes.recording_backend:create",
         "vllm_url": llm_url,

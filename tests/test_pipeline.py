@@ -53,10 +53,14 @@ def nothing_left_unacknowledged(redis_url: str) -> bool:
     return summary["pending"] == 0
 
 
-def test_two_steps_with_local_workers(redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path) -> None:
+def test_two_steps_with_local_workers(
+    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path
+) -> None:
     art_path = tmp_path / "art"
     config = parse_config(
-        trainer_args(redis_url, llm.url, dataset, art_path, local_workers=2), ExperimentConfig, "trainer"
+        trainer_args(redis_url, llm.url, dataset, art_path, local_workers=2),
+        ExperimentConfig,
+        "trainer",
     )
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -98,7 +102,9 @@ def test_worker_stopped_mid_job(
         if sig == signal.SIGTERM:
             # The worker gives its job back itself, at once, and exits cleanly.
             assert psutil.Process(victim.pid).wait(10) == 0
-            wait_for(lambda: _picked_up_by_other(redis_url, job_id, victim.name), 10, "the job rerun")
+            wait_for(
+                lambda: _picked_up_by_other(redis_url, job_id, victim.name), 10, "the job rerun"
+            )
         assert trainer.wait(120) == 0, processes.logs()
 
     assert_trained_correctly(art_path)
@@ -124,7 +130,9 @@ def test_trainer_killed_mid_step_resumes(
             processes.worker(redis_url, name)
         args = trainer_args(redis_url, llm.url, dataset, art_path)
         first = processes.trainer(args)
-        wait_for(lambda: (pipeline_state(art_path) or {}).get("last_completed_step") == 0, 60, "step 0")
+        wait_for(
+            lambda: (pipeline_state(art_path) or {}).get("last_completed_step") == 0, 60, "step 0"
+        )
         # Kill it once step 1 has finished rollouts in the stream but before it trains.
         wait_for(lambda: redis.xlen(stream) > GROUPS * ROLLOUTS, 60, "step 1 results")
         first.send_signal(signal.SIGKILL)
@@ -162,7 +170,9 @@ def test_malformed_results_are_kept_aside(
     redis.xadd(stream, {"data": b"\xc1 not msgpack"})
     redis.xadd(stream, {"data": b"\x83\xa1v\x63\xa4type\xaerollout_result\xa4body\x80"})  # v=99
     processes.worker(redis_url, "a")
-    config = parse_config(trainer_args(redis_url, llm.url, dataset, art_path), ExperimentConfig, "t")
+    config = parse_config(
+        trainer_args(redis_url, llm.url, dataset, art_path), ExperimentConfig, "t"
+    )
 
     asyncio.run(run_training(config))
 
@@ -183,7 +193,15 @@ def test_infrastructure_failure_drops_the_group_instead_of_scoring_zero(
     processes.worker(redis_url, "b")
     with ScriptedLLM(fail_when="Task 1:") as flaky:  # every request about scenario 1 gets a 503
         config = parse_config(
-            trainer_args(redis_url, flaky.url, dataset, art_path, rollout_retries=1, dataset_size=2, groups_per_step=2),
+            trainer_args(
+                redis_url,
+                flaky.url,
+                dataset,
+                art_path,
+                rollout_retries=1,
+                dataset_size=2,
+                groups_per_step=2,
+            ),
             ExperimentConfig,
             "t",
         )
