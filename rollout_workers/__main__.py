@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.health import HealthMonitor
     from common.queue import connect
+    from rollout_workers.job import warm_up
     from rollout_workers.worker import RolloutWorker
 
     connection = connect(config.redis_url)
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             "cannot reach Redis at %s (%s): start it or pass --redis-url", config.redis_url, exc
         )
         return 2
+    warm_up()
     monitor = HealthMonitor(
         config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
     )

@@ -28,6 +28,16 @@ from rollout_workers.rollout import run_rollout
 log = logging.getLogger(__name__)
 
 
+def warm_up() -> None:
+    """Pay one-time costs (TLS certificates, default prompt and reward modules) at start-up,
+    not inside the first job's rollouts."""
+    from rollout_workers.policy import warm_up as warm_up_policy
+
+    warm_up_policy()
+    import_callable("common.prompts:r2e_system_prompt")
+    import_callable("common.rewards:finished_reward")
+
+
 def run_rollout_group(envelope: bytes) -> dict[str, int]:
     """Entry point RQ calls. Returns counts for rq-dashboard; results go to the stream."""
     job = decode(envelope, RolloutJob)

@@ -34,6 +34,11 @@ def finish_at_once(messages: list[dict[str, Any]], rng: random.Random) -> str:
     return FINISH
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # many rollouts connect at once
+
+
 class ScriptedLLM:
     """Threaded HTTP server; `with ScriptedLLM() as llm: llm.url`."""
 
@@ -52,8 +57,7 @@ class ScriptedLLM:
         self.requests = 0
         self.models_seen: set[str] = set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
