@@ -155,7 +155,7 @@ class ExperimentConfig(BaseModel):
 
     @property
     def run_id(self) -> str:
-        """Names this run's Redis keys and job ids; safe in RQ job ids."""
+        """Prefix of this run's Redis keys and job ids (the trainer adds a per-run suffix)."""
         raw = f"{self.project}-{self.model_name}"
         return "".join(c if c.isalnum() or c in "-_" else "_" for c in raw)
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
 from redis import Redis
@@ -29,7 +30,11 @@ from trainer.loop import run_training
 pytestmark = pytest.mark.integration
 
 GROUPS, ROLLOUTS, STEPS = 2, 3, 2
-RUN_ID = ExperimentConfig().run_id
+
+
+def results_stream(art_path: Path) -> str:
+    state = wait_for(lambda: pipeline_state(art_path), 60, "the trainer's first state")
+    return keys.results_stream(state["run_key"])
 
 
 def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = GROUPS) -> None:
@@ -48,8 +53,8 @@ def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = G
     assert len(seen) == steps * groups, "no scenario repeated within the epoch"
 
 
-def nothing_left_unacknowledged(redis_url: str) -> bool:
-    summary = Redis.from_url(redis_url).xpending(keys.results_stream(RUN_ID), keys.TRAINER_GROUP)
+def nothing_left_unacknowledged(redis_url: str, art_path: Path) -> bool:
+    summary = Redis.from_url(redis_url).xpending(results_stream(art_path), keys.TRAINER_GROUP)
     return summary["pending"] == 0
 
 
@@ -68,7 +73,7 @@ def test_two_steps_with_local_workers(
 
     assert state.last_completed_step == STEPS - 1
     assert_trained_correctly(art_path)
-    assert nothing_left_unacknowledged(redis_url)
+    assert nothing_left_unacknowledged(redis_url, art_path)
     assert {f"{config.model_name}@0", f"{config.model_name}@1"} <= llm.models_seen
     last = history(art_path)[-1]
     assert last["pipeline/rollouts"] == GROUPS * ROLLOUTS
@@ -124,12 +129,12 @@ def test_trainer_killed_mid_step_resumes(
 ) -> None:
     art_path = tmp_path / "art"
     redis = Redis.from_url(redis_url)
-    stream = keys.results_stream(RUN_ID)
     with ScriptedLLM(delay_s=0.1) as llm:
         for name in ("a", "b"):
             processes.worker(redis_url, name)
         args = trainer_args(redis_url, llm.url, dataset, art_path)
         first = processes.trainer(args)
+        stream = results_stream(art_path)
         wait_for(
             lambda: (pipeline_state(art_path) or {}).get("last_completed_step") == 0, 60, "step 0"
         )
@@ -144,7 +149,7 @@ def test_trainer_killed_mid_step_resumes(
     assert_trained_correctly(art_path)
     # Every rollout was posted once: the restarted trainer reused what the first one left.
     assert redis.xlen(stream) == STEPS * GROUPS * ROLLOUTS
-    assert nothing_left_unacknowledged(redis_url)
+    assert nothing_left_unacknowledged(redis_url, art_path)
 
 
 def test_crash_between_train_and_checkpoint_trains_once(
@@ -161,28 +166,43 @@ def test_crash_between_train_and_checkpoint_trains_once(
 
 
 def test_malformed_results_are_kept_aside(
-    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
+    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
     art_path = tmp_path / "art"
     redis = Redis.from_url(redis_url)
-    stream = keys.results_stream(RUN_ID)
-    redis.xgroup_create(stream, keys.TRAINER_GROUP, id="0", mkstream=True)
-    redis.xadd(stream, {"data": b"\xc1 not msgpack"})
-    redis.xadd(stream, {"data": b"\x83\xa1v\x63\xa4type\xaerollout_result\xa4body\x80"})  # v=99
     processes.worker(redis_url, "a")
-    config = parse_config(
-        trainer_args(redis_url, llm.url, dataset, art_path), ExperimentConfig, "t"
-    )
-
-    asyncio.run(run_training(config))
+    with ScriptedLLM(delay_s=0.2) as llm:
+        trainer = processes.trainer(trainer_args(redis_url, llm.url, dataset, art_path))
+        stream = results_stream(art_path)
+        redis.xadd(stream, {"data": b"\xc1 not msgpack"})
+        redis.xadd(stream, {"data": msgpack.packb({"v": 99, "type": "rollout_result", "body": {}})})
+        assert trainer.wait(120) == 0, processes.logs()
 
     assert_trained_correctly(art_path)
-    letters = redis.xrange(keys.dead_letters(RUN_ID))
+    run_key = pipeline_state(art_path)["run_key"]
+    letters = redis.xrange(keys.dead_letters(run_key))
     assert len(letters) == 2
     errors = sorted(fields[b"error"].decode() for _, fields in letters)
     assert "not a msgpack envelope" in errors[0] and "schema version 99" in errors[1]
     assert sum(h["pipeline/dead_letters"] for h in history(art_path)) == 2
-    assert nothing_left_unacknowledged(redis_url)
+    assert nothing_left_unacknowledged(redis_url, art_path)
+
+
+def test_a_fresh_start_ignores_an_earlier_run_left_in_redis(
+    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    processes.worker(redis_url, "a")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for art_path in (
+        first,
+        second,
+    ):  # same run name, state deleted in between: Redis keeps the old jobs
+        config = parse_config(
+            trainer_args(redis_url, llm.url, dataset, art_path), ExperimentConfig, "t"
+        )
+        asyncio.run(run_training(config))
+        assert_trained_correctly(art_path)
+    assert pipeline_state(first)["run_key"] != pipeline_state(second)["run_key"]
 
 
 def test_infrastructure_failure_drops_the_group_instead_of_scoring_zero(

@@ -73,18 +73,20 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         if state is None:
             # Recorded before anything trains, so a crash between train() and the checkpoint
             # of step 0 is recognised on restart like any other step's.
-            state = PipelineState(-1, await model.get_step(), config.config_hash)
+            state = PipelineState.fresh(config.run_id, await model.get_step(), config.config_hash)
             state.write(model)
         _write_resolved_config(config, model)
         log.info(
             "run %s (config %s): steps %d..%d, %d scenarios",
-            config.run_id,
+            state.run_key,
             config.config_hash,
             state.next_step,
             schedule.total_steps - 1,
             len(loaded.scenarios),
         )
-        runner = StepRunner(config, model, backend, connect(services.redis_url), services)
+        runner = StepRunner(
+            config, state.run_key, model, backend, connect(services.redis_url), services
+        )
         for step in range(state.next_step, schedule.total_steps):
             state = await runner.run_step(step, schedule.groups_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
@@ -102,17 +104,19 @@ class StepRunner:
     def __init__(
         self,
         config: ExperimentConfig,
+        run_key: str,
         model: Any,
         backend: Any,
         connection: Redis,
         services: LocalServices,
     ) -> None:
         self.config = config
+        self.run_key = run_key
         self.model = model
         self.backend = backend
         self.connection = connection
         self.services = services
-        self.collector = ResultCollector(connection, config.run_id)
+        self.collector = ResultCollector(connection, run_key)
         self.dispatcher = Dispatcher(
             Queue(config.queue_name, connection=connection),
             config.job_timeout_s,
@@ -170,7 +174,7 @@ class StepRunner:
         await self.model.log(
             assembled.groups or None, split="train", metrics=metrics, step=model_step
         )
-        new_state = PipelineState(step, model_step, self.config.config_hash)
+        new_state = state.completed(step, model_step, self.config.config_hash)
         new_state.write(self.model)
         # Only now, with the step checkpointed, may the results it used leave the stream.
         self.collector.ack(results.entry_ids)
@@ -188,9 +192,9 @@ class StepRunner:
         self, step: int, group_index: int, scenario: Scenario, policy: PolicyRef
     ) -> RolloutJob:
         config = self.config
-        job_id = keys.job_id(config.run_id, step, group_index)
+        job_id = keys.job_id(self.run_key, step, group_index)
         return RolloutJob(
-            run_id=config.run_id,
+            run_id=self.run_key,
             job_id=job_id,
             step=step,
             group_index=group_index,
@@ -209,7 +213,7 @@ class StepRunner:
             ),
             system_prompt_fn=callable_path(config.system_prompt_fn),
             reward_fn=callable_path(config.reward_fn),
-            results_stream=keys.results_stream(config.run_id),
+            results_stream=keys.results_stream(self.run_key),
             lease_ttl_s=config.lease_ttl_s,
             enqueued_at=time.time(),
         )
@@ -272,7 +276,7 @@ class StepRunner:
 
     def _publish_status(self, step: int, phase: str, groups_in_flight: int) -> None:
         self.connection.hset(
-            keys.trainer_status(self.config.run_id),
+            keys.trainer_status(self.run_key),
             mapping={
                 "step": step,
                 "phase": phase,
