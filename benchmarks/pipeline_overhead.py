@@ -43,6 +43,7 @@ from common import keys  # noqa: E402
 from common.config import import_callable  # noqa: E402
 from common.queue import enqueue_group  # noqa: E402
 from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario  # noqa: E402
+from rollout_workers.job import score  # noqa: E402
 from rollout_workers.policy import PolicyClient  # noqa: E402
 from rollout_workers.rollout import run_rollout  # noqa: E402
 from tests.fakes.scripted_llm import ScriptedLLM  # noqa: E402
@@ -59,6 +60,7 @@ def make_job(index: int, group_size: int, endpoint: str, step: int = 0) -> Rollo
         group_index=index,
         rollouts_per_group=group_size,
         scenario=Scenario(instance_id=f"bench__{index}", problem_statement="Call finish()."),
+        grading=None,
         policy=PolicyRef(inference_name="bench@0", policy_step=0, endpoint=endpoint),
         limits=RolloutLimits(
             max_steps=1,
@@ -181,7 +183,7 @@ def bench_in_process(endpoint: str, jobs: int, group_size: int, concurrency: int
         async def one(job: RolloutJob, client: PolicyClient) -> art.Trajectory:
             async with semaphore:
                 admitted = time.time()
-                wire = await run_rollout(job, client, prompt, reward_fn)
+                wire = await score(job, await run_rollout(job, client, prompt), None, reward_fn)
                 duration = time.time() - admitted
                 trajectory = to_art_trajectory(wire)
                 done = time.time()

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ def import_callable(path: str) -> Callable[..., Any]:
 def _to_callable(value: Any) -> Callable[..., Any]:
     return import_callable(value) if isinstance(value, str) else value
 
+
+# Reward functions of common.rewards that read the grader's test results.
+TEST_REWARDS = ("binary_test_reward", "partial_test_reward")
 
 # A function field: accepts a function or its import path, serialises to its import path.
 ImportableFn = Annotated[
@@ -102,11 +106,17 @@ class ExperimentConfig(BaseModel):
         "common.prompts:r2e_system_prompt", description="System prompt function (module:name)"
     )
     reward_fn: ImportableFn = Field(
-        "common.rewards:finished_reward", description="Reward function (module:name)"
+        "common.rewards:binary_test_reward", description="Reward function (module:name)"
     )
-    grader: Literal["none"] = Field(
-        "none", description="How rollouts are graded: 'none' gives reward_fn the outcome only"
+    grader: Literal["docker", "none"] = Field(
+        "docker",
+        description="'docker': hidden tests run by the grading service at --docker-url; "
+        "'none': no tests, reward_fn sees the outcome only (smoke runs)",
     )
+    local_grader: bool = Field(
+        False, description="Start the grading service beside the trainer (one-machine runs)"
+    )
+    grading_timeout_s: float = Field(300.0, gt=0, description="Time limit of the hidden tests")
     wandb: bool = Field(True, description="Log to W&B (offline when WANDB_API_KEY is unset)")
 
     # --- Queue ---
@@ -139,11 +149,17 @@ class ExperimentConfig(BaseModel):
     max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
 
     @model_validator(mode="after")
-    def _check_concurrency(self) -> ExperimentConfig:
+    def _check_consistency(self) -> ExperimentConfig:
         if self.max_concurrent < self.rollouts_per_group:
             raise ValueError(
                 f"--max-concurrent ({self.max_concurrent}) must be at least --rollouts-per-group "
                 f"({self.rollouts_per_group}): one job runs a whole group at once"
+            )
+        needs_tests = getattr(self.reward_fn, "__name__", "") in TEST_REWARDS
+        if self.grader == "none" and needs_tests:
+            raise ValueError(
+                f"--reward-fn {callable_path(self.reward_fn)} needs test results but --grader is "
+                "none: pass --grader docker, or --reward-fn common.rewards:finished_reward"
             )
         return self
 
@@ -174,6 +190,25 @@ class WorkerConfig(BaseModel):
     health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
     max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
     max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
+
+
+class GraderConfig(BaseModel):
+    """The grading service. Its bearer token comes from the GRADER_TOKEN environment variable."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Interface to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on")
+    max_concurrent: int = Field(
+        default_factory=lambda: os.cpu_count() or 2, ge=1, description="Gradings run at once"
+    )
+    max_queued: int = Field(256, ge=0, description="Gradings that may wait; beyond, HTTP 503")
+    memory: str = Field("4g", description="Memory limit of a grading container")
+    cpus: float = Field(2.0, gt=0, description="CPU limit of a grading container")
+    pids: int = Field(512, ge=16, description="Process limit of a grading container")
+    label: str | None = Field(
+        None, description="Label of this grader's containers; unset: host:port"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,12 +26,21 @@ class _Wire(BaseModel):
 
 
 class Scenario(_Wire):
-    """One task as the agent and the worker see it: nothing that reveals tests or the answer."""
+    """One task as the agent sees it: nothing that reveals the tests or the answer."""
 
     instance_id: str
     problem_statement: str
     repo_name: str = ""
-    docker_image: str = ""
+
+
+class GradingSpec(_Wire):
+    """How to grade a scenario's rollouts. Goes to the grader and the reward function, never
+    into the agent's prompt or working copy: it names the hidden tests."""
+
+    docker_image: str
+    expected: dict[str, str]  # test key -> PASSED / FAILED / ERROR at the fix commit
+    fail_to_pass: list[str] = []
+    pass_to_pass: list[str] = []
 
 
 class PolicyRef(_Wire):
@@ -63,6 +72,10 @@ class RolloutJob(_Wire):
     group_index: int
     rollouts_per_group: int
     scenario: Scenario
+    grading: GradingSpec | None  # None with --grader none
+    grader_url: str = ""
+    grading_timeout_s: float = 300.0
+    cache_dir: str = ""  # where workers find the scenario's repository (repo cache)
     policy: PolicyRef
     limits: RolloutLimits
     system_prompt_fn: str  # import path

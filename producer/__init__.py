@@ -1,6 +1,6 @@
-"""Dataset -> scenarios -> the scenario groups of each training step."""
+"""Dataset -> tasks (scenario + grading spec) -> the tasks of each training step."""
 
-from producer.scenarios import LoadedScenarios, load_scenarios, scenario_from_row
 from producer.schedule import Schedule
+from producer.tasks import LoadedTasks, Task, load_rows, load_tasks, task_from_row
 
-__all__ = ["LoadedScenarios", "Schedule", "load_scenarios", "scenario_from_row"]
+__all__ = ["LoadedTasks", "Schedule", "Task", "load_rows", "load_tasks", "task_from_row"]

@@ -1,8 +1,8 @@
-"""Which scenarios each training step uses: a pure function of the step number.
+"""Which tasks each training step uses: a pure function of the step number.
 
-Epoch `e` visits every scenario once in an order shuffled with `seed + e`; step `k` takes the
+Epoch `e` visits every task once in an order shuffled with `seed + e`; step `k` takes the
 next `groups_per_step` of that sequence. Because it depends only on `k`, a resumed run continues
-exactly where it stopped without repeating scenarios.
+exactly where it stopped without repeating tasks.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from common.wire import Scenario
+from producer.tasks import Task
 
 
 @dataclass
 class Schedule:
-    scenarios: list[Scenario]
+    tasks: list[Task]
     groups_per_step: int
     num_epochs: int
     seed: int
@@ -24,24 +24,21 @@ class Schedule:
     @property
     def total_steps(self) -> int:
         """Whole steps in all epochs; a last partial step is dropped."""
-        return len(self.scenarios) * self.num_epochs // self.groups_per_step
+        return len(self.tasks) * self.num_epochs // self.groups_per_step
 
-    def epoch_of(self, step: int) -> int:
-        return step * self.groups_per_step // len(self.scenarios)
-
-    def groups_for_step(self, step: int) -> list[Scenario]:
+    def tasks_for_step(self, step: int) -> list[Task]:
         if not 0 <= step < self.total_steps:
             raise IndexError(f"step {step} outside 0..{self.total_steps - 1}")
-        n = len(self.scenarios)
+        n = len(self.tasks)
         start = step * self.groups_per_step
         return [
-            self.scenarios[self._order(i // n)[i % n]]
+            self.tasks[self._order(i // n)[i % n]]
             for i in range(start, start + self.groups_per_step)
         ]
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            order = list(range(len(self.scenarios)))
+            order = list(range(len(self.tasks)))
             random.Random(self.seed + epoch).shuffle(order)
             self._orders[epoch] = order
         return self._orders[epoch]

@@ -14,16 +14,20 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from redis import Redis
 from rq import get_current_job
 
 from common import keys
 from common.config import import_callable
-from common.errors import INFRASTRUCTURE_ERRORS, EndpointError
-from common.wire import ErrorInfo, RolloutJob, RolloutResult, decode, encode
+from common.errors import INFRASTRUCTURE_ERRORS, SandboxError
+from common.grading import GradeRequest
+from common.rewards import RewardInput, exact_match
+from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireTrajectory, decode, encode
+from grader.client import GraderClient
 from rollout_workers.policy import PolicyClient
-from rollout_workers.rollout import run_rollout
+from rollout_workers.rollout import RolloutOutcome, run_rollout
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def warm_up() -> None:
 
     warm_up_policy()
     import_callable("common.prompts:r2e_system_prompt")
-    import_callable("common.rewards:finished_reward")
+    import_callable("common.rewards:binary_test_reward")
 
 
 def run_rollout_group(envelope: bytes) -> dict[str, int]:
@@ -60,12 +64,20 @@ async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
     system_prompt = import_callable(job.system_prompt_fn)()
     reward_fn = import_callable(job.reward_fn)
     client = PolicyClient(job.policy, job.limits)
+    grader = (
+        GraderClient(job.grader_url, backoff_s=job.limits.retry_backoff_s) if job.grading else None
+    )
     try:
         results = await asyncio.gather(
-            *(_rollout_and_post(connection, job, i, client, system_prompt, reward_fn) for i in todo)
+            *(
+                _rollout_and_post(connection, job, i, client, grader, system_prompt, reward_fn)
+                for i in todo
+            )
         )
     finally:
         await client.aclose()
+        if grader is not None:
+            await grader.aclose()
     return {"posted": len(results), "failed": sum(r.status == "failed" for r in results)}
 
 
@@ -74,21 +86,23 @@ async def _rollout_and_post(
     job: RolloutJob,
     index: int,
     client: PolicyClient,
+    grader: GraderClient | None,
     system_prompt: str,
-    reward_fn,
+    reward_fn: Callable[[RewardInput], float],
 ) -> RolloutResult:
     started = time.time()
     trajectory, error, attempts = None, None, 0
     delay = job.limits.retry_backoff_s
-    # A sandbox that failed is retried in a fresh directory; endpoint errors were already retried
-    # request by request inside PolicyClient.
     while True:
         attempts += 1
         try:
-            trajectory = await run_rollout(job, client, system_prompt, reward_fn)
+            outcome = await run_rollout(job, client, system_prompt)
+            trajectory = await score(job, outcome, grader, reward_fn)
             break
         except INFRASTRUCTURE_ERRORS as exc:
-            if attempts > job.limits.rollout_retries or isinstance(exc, EndpointError):
+            # A sandbox that failed gets a fresh rollout; endpoint and grader errors were already
+            # retried request by request, so they end the rollout as failed.
+            if attempts > job.limits.rollout_retries or not isinstance(exc, SandboxError):
                 error = ErrorInfo(
                     type=type(exc).__name__, message=str(exc), traceback=traceback.format_exc()
                 )
@@ -116,6 +130,67 @@ async def _rollout_and_post(
     )
     post_result(connection, job, result)
     return result
+
+
+async def score(
+    job: RolloutJob,
+    outcome: RolloutOutcome,
+    grader: GraderClient | None,
+    reward_fn: Callable[[RewardInput], float],
+) -> WireTrajectory:
+    """Grade the outcome's diff (when the job has a grading spec) and turn it into a reward."""
+    report = None
+    grading_s = 0.0
+    if grader is not None and job.grading is not None:
+        began = time.monotonic()
+        report = await grader.grade(
+            GradeRequest(
+                instance_id=job.scenario.instance_id,
+                docker_image=job.grading.docker_image,
+                diff=outcome.diff,
+                timeout_s=job.grading_timeout_s,
+            )
+        )
+        grading_s = time.monotonic() - began
+    reward = float(
+        reward_fn(
+            RewardInput(
+                finished=outcome.finished,
+                truncated=outcome.truncated,
+                steps=outcome.steps,
+                test_results=report.statuses if report else None,
+                expected=job.grading.expected if job.grading else {},
+                fail_to_pass=tuple(job.grading.fail_to_pass) if job.grading else (),
+                pass_to_pass=tuple(job.grading.pass_to_pass) if job.grading else (),
+            )
+        )
+    )
+    metrics: dict[str, float | int | bool] = {
+        "steps": outcome.steps,
+        "finished": outcome.finished,
+        "truncated": outcome.truncated,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "code_time_s": round(outcome.code_time_s, 4),
+        "llm_time_s": round(outcome.llm_time_s, 4),
+        "request_retries": outcome.request_retries,
+        "diff_lines": outcome.diff.count("\n"),
+    }
+    if report is not None:
+        metrics |= {
+            "grading_s": round(grading_s, 4),
+            "tests_s": round(report.timings.tests_s, 4),
+            "tests_timed_out": report.timed_out,
+            "success": exact_match(report.statuses, job.grading.expected),
+        }
+    return WireTrajectory(
+        messages_and_choices=outcome.items,
+        reward=reward,
+        initial_policy_version=job.policy.policy_step,
+        final_policy_version=job.policy.policy_step,
+        metrics=metrics,
+        metadata={"instance_id": job.scenario.instance_id, "policy_step": job.policy.policy_step},
+    )
 
 
 def post_result(connection: Redis, job: RolloutJob, result: RolloutResult) -> None:

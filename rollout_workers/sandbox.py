@@ -18,12 +18,16 @@ from pathlib import Path
 from common.errors import SandboxError
 from common.process import die_with_parent
 
-FINISH_MARKER = ".rollout_finished"
-_PRELUDE = f"""\
+_PRELUDE = """\
 def finish(answer=""):
-    with open({FINISH_MARKER!r}, "w") as _f:
+    with open({marker!r}, "w") as _f:
         _f.write(str(answer))
 """
+
+
+def _finish_marker(workdir: Path) -> Path:
+    """Beside the working copy, not in it: the marker must not show up in the agent's diff."""
+    return workdir.parent / "finished"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ async def run_block(code: str, workdir: Path, timeout_s: float) -> BlockResult:
             sys.executable,
             "-I",
             "-c",
-            _PRELUDE + code,
+            _PRELUDE.format(marker=str(_finish_marker(workdir))) + code,
             cwd=workdir,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -66,7 +70,7 @@ async def run_block(code: str, workdir: Path, timeout_s: float) -> BlockResult:
 
 
 def finished(workdir: Path) -> bool:
-    return (workdir / FINISH_MARKER).exists()
+    return _finish_marker(workdir).exists()
 
 
 def _kill_group(pid: int) -> None:

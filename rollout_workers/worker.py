@@ -20,7 +20,7 @@ from rq import Queue
 from rq.worker import SimpleWorker
 
 from common.queue import requeue_started_job
-from rollout_workers.rollout import rollout_dir_prefix
+from rollout_workers.workdir import rollout_dir_prefix
 
 log = logging.getLogger(__name__)
 

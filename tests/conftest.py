@@ -179,6 +179,8 @@ def trainer_args(
         "lease_ttl_s": 3,
         "retry_backoff_s": 0.05,
         "health_check_interval": 30,
+        "grader": "none",  # smoke runs: the Docker grader has tests of its own
+        "reward_fn": "common.rewards:finished_reward",
     }
     values.update(overrides)
     args = ["--no-wandb"]

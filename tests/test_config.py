@@ -9,7 +9,7 @@ import pytest
 
 from common.config import ExperimentConfig, parse_config
 from common.prompts import r2e_cot_system_prompt, r2e_system_prompt
-from common.rewards import finished_reward
+from common.rewards import binary_test_reward, finished_reward
 from tests.conftest import ROOT
 
 SEED_DEFAULTS = {
@@ -98,6 +98,7 @@ def test_functions_are_swappable_in_code_and_by_path() -> None:
     assert config.system_prompt_fn is r2e_cot_system_prompt
     by_path = ExperimentConfig(reward_fn="common.rewards:finished_reward")
     assert by_path.reward_fn is finished_reward
+    assert ExperimentConfig().reward_fn is binary_test_reward
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,7 @@ def test_functions_are_swappable_in_code_and_by_path() -> None:
         ),
         (["--reward-fn", "nowhere:fn"], "cannot import 'nowhere:fn'"),
         (["--log-sample-rate", "2"], "--log-sample-rate"),
+        (["--grader", "none"], "needs test results but --grader is none"),
     ],
 )
 def test_bad_values_get_one_clear_line(argv: list[str], message: str) -> None:

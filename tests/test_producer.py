@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import TaskError
-from producer import Schedule, load_scenarios, scenario_from_row
+from producer import Schedule, load_tasks, task_from_row
 from tests.dataset import r2e_row, write_r2e_jsonl
 
 SECRET_COLUMNS = (
@@ -21,9 +21,9 @@ SECRET_COLUMNS = (
 
 
 def test_scenarios_hold_the_problem_statement_and_nothing_secret(tmp_path: Path) -> None:
-    loaded = load_scenarios(str(write_r2e_jsonl(tmp_path / "d.jsonl", 3)), "train")
-    assert len(loaded.scenarios) == 3 and loaded.skipped_rows == 0
-    scenario = loaded.scenarios[0]
+    loaded = load_tasks(str(write_r2e_jsonl(tmp_path / "d.jsonl", 3)), "train")
+    assert len(loaded.tasks) == 3 and loaded.skipped_rows == 0
+    scenario = loaded.tasks[0].scenario
     row = r2e_row(0)
     assert scenario.instance_id == f"toyrepo__{row['commit_hash'][:12]}"
     assert scenario.problem_statement.startswith("Task 0:")
@@ -31,47 +31,52 @@ def test_scenarios_hold_the_problem_statement_and_nothing_secret(tmp_path: Path)
     dumped = json.dumps(scenario.model_dump())
     for column in SECRET_COLUMNS:
         assert row[column] not in dumped
+    for test_key in json.loads(row["expected_output_json"]):
+        assert test_key not in dumped
+    assert loaded.tasks[0].grading.expected == json.loads(row["expected_output_json"])
 
 
 def test_parquet_and_dataset_size(tmp_path: Path) -> None:
     import datasets
 
     datasets.Dataset.from_list([r2e_row(i) for i in range(5)]).to_parquet(tmp_path / "d.parquet")
-    loaded = load_scenarios(str(tmp_path / "d.parquet"), "train", limit=2)
-    assert [s.problem_statement[:6] for s in loaded.scenarios] == ["Task 0", "Task 1"]
+    loaded = load_tasks(str(tmp_path / "d.parquet"), "train", limit=2)
+    assert [t.scenario.problem_statement[:6] for t in loaded.tasks] == ["Task 0", "Task 1"]
 
 
 def test_malformed_rows_are_skipped_counted_and_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = {**r2e_row(9), "problem_statement": ""}
-    path = write_r2e_jsonl(tmp_path / "d.jsonl", 2, extra=[broken])
+    empty = {**r2e_row(9), "problem_statement": ""}
+    not_json = {**r2e_row(10), "expected_output_json": "{oops"}
+    path = write_r2e_jsonl(tmp_path / "d.jsonl", 2, extra=[empty, not_json])
     with caplog.at_level(logging.WARNING):
-        loaded = load_scenarios(str(path), "train")
-    assert len(loaded.scenarios) == 2 and loaded.skipped_rows == 1
+        loaded = load_tasks(str(path), "train")
+    assert len(loaded.tasks) == 2 and loaded.skipped_rows == 2
     assert "dataset row 2 skipped: field 'problem_statement' is missing or empty" in caplog.text
+    assert "dataset row 3 skipped: field 'expected_output_json' is not valid JSON" in caplog.text
 
 
 def test_missing_file_and_wrong_schema_are_clear(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="no such file"):
-        load_scenarios(str(tmp_path / "absent.jsonl"), "train")
+        load_tasks(str(tmp_path / "absent.jsonl"), "train")
     (tmp_path / "other.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
     with pytest.raises(TaskError, match="is it R2E-Gym-Lite"):
-        load_scenarios(str(tmp_path / "other.jsonl"), "train")
+        load_tasks(str(tmp_path / "other.jsonl"), "train")
     with pytest.raises(TaskError, match="'commit_hash'"):
-        scenario_from_row({**r2e_row(0), "commit_hash": None})
+        task_from_row({**r2e_row(0), "commit_hash": None})
 
 
 def test_schedule_covers_each_epoch_once_and_resumes_exactly() -> None:
-    scenarios = [scenario_from_row(r2e_row(i)) for i in range(7)]
-    schedule = Schedule(scenarios, groups_per_step=2, num_epochs=2, seed=3)
+    tasks = [task_from_row(r2e_row(i)) for i in range(7)]
+    schedule = Schedule(tasks, groups_per_step=2, num_epochs=2, seed=3)
     assert schedule.total_steps == 7
-    steps = [schedule.groups_for_step(k) for k in range(schedule.total_steps)]
-    first_epoch = [s.instance_id for step in steps[:3] for s in step]
+    steps = [schedule.tasks_for_step(k) for k in range(schedule.total_steps)]
+    first_epoch = [t.scenario.instance_id for step in steps[:3] for t in step]
     assert len(set(first_epoch)) == 6  # no repeat inside an epoch
-    resumed = Schedule(scenarios, groups_per_step=2, num_epochs=2, seed=3)
-    assert [resumed.groups_for_step(k) for k in (4, 5)] == steps[4:6]
-    reshuffled = Schedule(scenarios, groups_per_step=2, num_epochs=2, seed=4)
-    assert [reshuffled.groups_for_step(k) for k in range(3)] != steps[:3]
+    resumed = Schedule(tasks, groups_per_step=2, num_epochs=2, seed=3)
+    assert [resumed.tasks_for_step(k) for k in (4, 5)] == steps[4:6]
+    reshuffled = Schedule(tasks, groups_per_step=2, num_epochs=2, seed=4)
+    assert [reshuffled.tasks_for_step(k) for k in range(3)] != steps[:3]
     with pytest.raises(IndexError):
-        schedule.groups_for_step(7)
+        schedule.tasks_for_step(7)

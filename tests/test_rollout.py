@@ -23,11 +23,14 @@ def test_truncation_keeps_head_and_tail() -> None:
 
 
 def test_runner_reports_output_finish_and_timeouts(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "repo"
+    tmp_path.mkdir()
     ran = asyncio.run(sandbox.run_block("print(6 * 7)", tmp_path, 10))
     assert ran.output.strip() == "42" and not ran.timed_out
     assert not sandbox.finished(tmp_path)
     asyncio.run(sandbox.run_block("finish('done')", tmp_path, 10))
     assert sandbox.finished(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the finish marker stays out of the working copy
     slow = asyncio.run(
         sandbox.run_block("import time\nprint('start', flush=True)\ntime.sleep(60)", tmp_path, 0.5)
     )

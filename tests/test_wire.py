@@ -13,6 +13,7 @@ from openai.types.chat.chat_completion import Choice
 
 from common.errors import WireError
 from common.wire import (
+    GradingSpec,
     PolicyRef,
     RolloutJob,
     RolloutLimits,
@@ -135,11 +136,15 @@ def _job() -> RolloutJob:
         group_index=2,
         rollouts_per_group=4,
         scenario=Scenario(
-            instance_id="pandas__0123456789ab",
-            problem_statement="Fix it.",
-            repo_name="pandas",
-            docker_image="namanjain12/pandas_final:0123",
+            instance_id="pandas__0123456789ab", problem_statement="Fix it.", repo_name="pandas"
         ),
+        grading=GradingSpec(
+            docker_image="namanjain12/pandas_final:0123",
+            expected={"test_a": "PASSED", "TestB.test_c[1]": "FAILED"},
+            fail_to_pass=["test_a"],
+        ),
+        grader_url="http://docker-node:8000",
+        cache_dir="/data/repo-cache",
         policy=PolicyRef(
             inference_name="r2e-rlm-qwen3-14b@1", policy_step=1, endpoint="http://localhost:8000/v1"
         ),

@@ -30,8 +30,8 @@ from common import keys
 from common.config import ExperimentConfig, callable_path
 from common.health import HealthMonitor
 from common.queue import connect
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario
-from producer import Schedule, load_scenarios
+from common.wire import PolicyRef, RolloutJob, RolloutLimits
+from producer import Schedule, Task, load_tasks
 from trainer.backend import build_backend, register_kwargs
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
@@ -59,15 +59,19 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
     monitor.start()
     backend = None
     try:
+        backend = await build_backend(config)  # first: without a GPU, stop before anything starts
+        if config.local_grader:
+            services.start_grader()
         services.start_workers(config.local_workers, config.queue_name)
-        backend = await build_backend(config)
+        if config.grader == "docker":
+            services.check_grader(config.docker_url)
         model = art.TrainableModel(
             name=config.model_name, project=config.project, base_model=config.base_model
         )
         await model.register(backend, **register_kwargs(config))
-        loaded = load_scenarios(config.dataset, config.dataset_split, config.dataset_size)
+        loaded = load_tasks(config.dataset, config.dataset_split, config.dataset_size)
         schedule = Schedule(
-            loaded.scenarios, config.groups_per_step, config.num_epochs, config.shuffle_seed
+            loaded.tasks, config.groups_per_step, config.num_epochs, config.shuffle_seed
         )
         state = PipelineState.read(model)
         if state is None:
@@ -82,13 +86,13 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             config.config_hash,
             state.next_step,
             schedule.total_steps - 1,
-            len(loaded.scenarios),
+            len(loaded.tasks),
         )
         runner = StepRunner(
             config, state.run_key, model, backend, connect(services.redis_url), services
         )
         for step in range(state.next_step, schedule.total_steps):
-            state = await runner.run_step(step, schedule.groups_for_step(step), state)
+            state = await runner.run_step(step, schedule.tasks_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
         return state
     finally:
@@ -124,9 +128,7 @@ class StepRunner:
             config.lease_ttl_s,
         )
 
-    async def run_step(
-        self, step: int, scenarios: list[Scenario], state: PipelineState
-    ) -> PipelineState:
+    async def run_step(self, step: int, tasks: list[Task], state: PipelineState) -> PipelineState:
         started = time.monotonic()
         policy = PolicyRef(
             inference_name=self.model.get_inference_name(),
@@ -134,9 +136,7 @@ class StepRunner:
             endpoint=self.model.inference_base_url or self.config.vllm_url,
             api_key=self.model.inference_api_key or "",
         )
-        jobs = [
-            self._job(step, index, scenario, policy) for index, scenario in enumerate(scenarios)
-        ]
+        jobs = [self._job(step, index, task, policy) for index, task in enumerate(tasks)]
         requeued_before, dead_before = self.dispatcher.requeued, self.collector.dead_letters
         results, stale = await self._gather(step, jobs)
         wait_s = time.monotonic() - started
@@ -188,9 +188,7 @@ class StepRunner:
         )
         return new_state
 
-    def _job(
-        self, step: int, group_index: int, scenario: Scenario, policy: PolicyRef
-    ) -> RolloutJob:
+    def _job(self, step: int, group_index: int, task: Task, policy: PolicyRef) -> RolloutJob:
         config = self.config
         job_id = keys.job_id(self.run_key, step, group_index)
         return RolloutJob(
@@ -199,7 +197,11 @@ class StepRunner:
             step=step,
             group_index=group_index,
             rollouts_per_group=config.rollouts_per_group,
-            scenario=scenario,
+            scenario=task.scenario,
+            grading=task.grading if config.grader == "docker" else None,
+            grader_url=self.services.grader_url or config.docker_url,
+            grading_timeout_s=config.grading_timeout_s,
+            cache_dir=config.cache_dir if config.grader == "docker" else "",
             policy=policy,
             limits=RolloutLimits(
                 max_steps=config.max_steps,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -13,10 +15,12 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from redis import Redis
 from redis.exceptions import RedisError
 
 from common.errors import ConfigError
+from common.grading import TOKEN_ENV
 from common.process import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,37 @@ class LocalServices:
     redis_process: subprocess.Popen | None = None
     queue_name: str = "rollouts"
     workers: list[subprocess.Popen] = field(default_factory=list)
+    grader_process: subprocess.Popen | None = None
+    grader_url: str | None = None  # set when the grader is ours (--local-grader)
+    grader_token: str | None = None
+
+    def start_grader(self) -> None:
+        """The grading service beside the trainer, on a free loopback port with a fresh token."""
+        port = _free_port()
+        self.grader_token = secrets.token_hex(24)
+        self.grader_process = subprocess.Popen(
+            [sys.executable, "-m", "grader", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, TOKEN_ENV: self.grader_token},
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )
+        self.grader_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not _grader_healthy(self.grader_url):
+            if self.grader_process.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(
+                    "--local-grader: the grading service did not start (is a Docker engine "
+                    "running? see its log above)"
+                )
+            time.sleep(0.1)
+        log.info("started a local grader at %s", self.grader_url)
+
+    def check_grader(self, docker_url: str) -> None:
+        url = self.grader_url or docker_url
+        if not _grader_healthy(url):
+            raise ConfigError(
+                f"no grading service answers at {url}/health: start `python -m grader` there, "
+                "pass --local-grader, or --grader none for a smoke run"
+            )
 
     def check(self) -> None:
         """Stop loudly if our Redis died; restart a local worker that died."""
@@ -48,27 +83,33 @@ class LocalServices:
                     worker.pid,
                     worker.returncode,
                 )
-                self.workers[index] = _spawn_worker(self.redis_url, self.queue_name)
+                self.workers[index] = self._spawn_worker()
 
     def start_workers(self, count: int, queue_name: str) -> None:
         self.queue_name = queue_name
-        self.workers = [_spawn_worker(self.redis_url, queue_name) for _ in range(count)]
+        self.workers = [self._spawn_worker() for _ in range(count)]
         if count:
             log.info("started %d local rollout workers", count)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM everything we started (busy workers requeue their job), then wait."""
-        processes = [*self.workers, *([self.redis_process] if self.redis_process else [])]
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + timeout_s
-        for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """SIGTERM everything we started, workers first: a busy worker requeues its job, which
+        needs Redis still up."""
+        _terminate(self.workers, timeout_s)
+        _terminate(
+            [p for p in (self.grader_process, self.redis_process) if p is not None], timeout_s
+        )
+
+    def _spawn_worker(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        if self.grader_token:
+            env[TOKEN_ENV] = self.grader_token
+        return subprocess.Popen(
+            [sys.executable, "-m", "rollout_workers", "--redis-url", self.redis_url,
+             "--queue-name", self.queue_name],
+            env=env,
+            # A worker whose trainer died gets SIGTERM: it requeues its job and exits.
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )  # fmt: skip
 
 
 def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
@@ -116,20 +157,24 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
     return LocalServices(url, redis_process=process)
 
 
-def _spawn_worker(redis_url: str, queue_name: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rollout_workers",
-            "--redis-url",
-            redis_url,
-            "--queue-name",
-            queue_name,
-        ],
-        # A worker whose trainer died gets SIGTERM: it requeues its job and exits.
-        preexec_fn=die_with_parent(signal.SIGTERM),
-    )
+def _terminate(processes: list[subprocess.Popen], timeout_s: float) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _grader_healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _ping(url: str) -> bool:

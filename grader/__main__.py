@@ -1,0 +1,65 @@
+"""`python -m grader`: serve the grading service. Needs a Docker engine and GRADER_TOKEN."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+
+from common.config import GraderConfig, parse_config
+from common.grading import TOKEN_ENV
+from common.log import setup_logging
+
+log = logging.getLogger("grader")
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds serve_forever; `finally` removes our containers
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv, GraderConfig, prog="python -m grader")
+    setup_logging()
+    from grader.container import ContainerLimits, engine_available, remove_leftovers
+    from grader.server import GraderServer, GraderState
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 16:
+        log.error("set %s to a secret of 16+ characters (e.g. `openssl rand -hex 24`)", TOKEN_ENV)
+        return 2
+    problem = engine_available()
+    if problem is not None:
+        log.error(
+            "no Docker engine answers (%s): start dockerd or mount /var/run/docker.sock", problem
+        )
+        return 2
+    label = config.label or f"{socket.gethostname()}-{config.port}"
+    removed = remove_leftovers(label)
+    if removed:
+        log.warning("removed %d containers an earlier grader left behind", removed)
+    state = GraderState(
+        token=token,
+        label=label,
+        limits=ContainerLimits(memory=config.memory, cpus=config.cpus, pids=config.pids),
+        max_concurrent=config.max_concurrent,
+        max_queued=config.max_queued,
+    )
+    server = GraderServer((config.host, config.port), state)
+    signal.signal(signal.SIGTERM, _exit)
+    log.info(
+        "grader on %s:%d, %d at once", config.host, server.server_address[1], config.max_concurrent
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        remove_leftovers(label)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
