@@ -211,3 +211,67 @@ def pipeline_state(art_path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text()).get("rlm_pipeline")
     except ValueError:
         return None  # being written
+
+
+# --- Docker: the grader's tests run against the real engine -------------------------------
+
+REQUIRE_DOCKER_ENV = "RLM_REQUIRE_DOCKER"  # set by CI: a missing engine fails instead of skipping
+GRADER_TEST_TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    from grader.container import engine_available
+
+    problem = engine_available()
+    if problem is None:
+        return
+    if os.environ.get(REQUIRE_DOCKER_ENV) == "1":
+        pytest.fail(f"{REQUIRE_DOCKER_ENV}=1 but no Docker engine answers: {problem}")
+    pytest.skip(f"no Docker engine answers ({problem}); .ci/run starts one")
+
+
+@pytest.fixture(scope="session")
+def fixture_tasks(docker_engine: None, tmp_path_factory: pytest.TempPathFactory):
+    """The fixture tasks built for real: (dataset parquet path, [BuiltTask])."""
+    from tests.tasks.build import build_all
+
+    subprocess.run(["bash", str(ROOT / "tests" / "tasks" / "build_base_image.sh")], check=True)
+    return build_all(tmp_path_factory.mktemp("r2e-fixtures"))
+
+
+@pytest.fixture(scope="session")
+def grader_service(fixture_tasks, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m grader` on a free port, two gradings at once; yields its URL."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("grader") / "grader.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "grader", "--host", "127.0.0.1", "--port", str(port),
+             "--max-concurrent", "2", "--label", f"test-{port}"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "GRADER_TOKEN": GRADER_TEST_TOKEN},
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None and pytest.fail(log_path.read_text())
+
+    wait_for(healthy, 30, "the grader to answer /health")
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+def grader_containers(label: str) -> list[str]:
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=rlm.grader={label}"],
+        capture_output=True,
+        text=True,
+    )
+    return listed.stdout.split()

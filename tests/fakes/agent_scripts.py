@@ -1,0 +1,56 @@
+"""Scripted agent sessions for the fixture tasks: read the file, edit it, finish.
+
+Rollouts of one group send identical first requests, so the script numbers conversations as they
+start and alternates: even ones apply the right fix, odd ones a wrong one. Later turns find their
+plan again in the assistant's own earlier message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from typing import Any
+
+# task (recognised in the problem statement) -> (file, right fix, wrong fix) as (old, new) pairs
+FIXES = {
+    "calc.add": ("calc/ops.py", ("return a - b", "return a + b"), ("return a * b", "return a + b")),
+    "slugify": (
+        "textkit/slug.py",
+        ('.strip("-")', '.strip("-").lower()'),
+        ('.strip("-")', '.strip("-").upper()'),
+    ),
+    "EmptyStackError": (
+        "stackx/stack.py",
+        ("            return None", "            raise EmptyStackError()"),
+        ("            return None", "            return 0"),
+    ),
+}
+
+
+class FixingAgent:
+    def __init__(self) -> None:
+        self._conversations = itertools.count()
+
+    def __call__(self, messages: list[dict[str, Any]], rng: random.Random) -> str:
+        task = next(key for key in FIXES if key in str(messages[1]["content"]))
+        path, right, wrong = FIXES[task]
+        turns = [m for m in messages if m.get("role") == "assistant"]
+        if not turns:
+            plan = "A" if next(self._conversations) % 2 == 0 else "B"
+            return (
+                f"Plan {plan}: read the code first.\n```python\nprint(open({path!r}).read())\n```"
+            )
+        plan = re.search(r"Plan (\w)", str(turns[0]["content"])).group(1)
+        old, new = right if plan == "A" else wrong
+        edit = (
+            f"s = open({path!r}).read().replace({old!r}, {new!r}, 1)\nopen({path!r}, 'w').write(s)"
+        )
+        if task == "EmptyStackError" and plan == "A":
+            edit += (
+                f"\ns = open({path!r}).read()\n"
+                "s = 'class EmptyStackError(IndexError):\\n    pass\\n\\n\\n' + s\n"
+                f"open({path!r}, 'w').write(s)\n"
+                "open('stackx/__init__.py', 'w').write('from stackx.stack import EmptyStackError, Stack\\n')"
+            )
+        return f"Plan {plan}: apply the fix.\n```python\n{edit}\nfinish()\n```"

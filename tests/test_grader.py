@@ -1,0 +1,122 @@
+"""The grading service against the real Docker engine and the fixture task images."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from common.errors import GraderError
+from common.grading import GradeReport, GradeRequest
+from common.rewards import exact_match
+from grader.client import GraderClient
+from tests.conftest import GRADER_TEST_TOKEN, grader_containers, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def grade(url: str, request: GradeRequest, token: str = GRADER_TEST_TOKEN) -> GradeReport:
+    async def call() -> GradeReport:
+        client = GraderClient(url, token=token, retries=0)
+        try:
+            return await client.grade(request)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(call())
+
+
+def request_for(task, diff: str, timeout_s: float = 120) -> GradeRequest:
+    return GradeRequest(
+        instance_id=task.row["repo_name"], docker_image=task.image, diff=diff, timeout_s=timeout_s
+    )
+
+
+def label_of(url: str) -> str:
+    return f"test-{urlparse(url).port}"
+
+
+def test_gold_patch_matches_expected_and_empty_patch_does_not(
+    fixture_tasks, grader_service
+) -> None:
+    _, tasks = fixture_tasks
+    for task in tasks:
+        expected = json.loads(task.row["expected_output_json"])
+        gold = grade(grader_service, request_for(task, task.gold_diff))
+        empty = grade(grader_service, request_for(task, ""))
+        assert exact_match(gold.statuses, expected), (task.row["repo_name"], gold.log_tail)
+        assert not exact_match(empty.statuses, expected)
+        assert gold.timings.tests_s > 0 and not gold.timed_out
+    assert grader_containers(label_of(grader_service)) == []
+
+
+def test_edits_to_hidden_tests_and_runner_are_ignored(fixture_tasks, grader_service) -> None:
+    _, tasks = fixture_tasks
+    calc = tasks[0]
+    hack = (
+        "diff --git a/r2e_tests/test_ops.py b/r2e_tests/test_ops.py\n"
+        "new file mode 100644\n--- /dev/null\n+++ b/r2e_tests/test_ops.py\n@@ -0,0 +1 @@\n"
+        "+def test_add(): pass\n"
+        "diff --git a/conftest.py b/conftest.py\n"
+        "new file mode 100644\n--- /dev/null\n+++ b/conftest.py\n@@ -0,0 +1 @@\n"
+        "+collect_ignore = ['r2e_tests']\n"
+        "diff --git a/run_tests.sh b/run_tests.sh\n--- a/run_tests.sh\n+++ b/run_tests.sh\n"
+        "@@ -1 +1 @@\n-.venv/bin/python -W ignore -m pytest -rA r2e_tests\n+echo PASSED\n"
+    )
+    report = grade(grader_service, request_for(calc, hack))
+    assert report.ignored_files == ["conftest.py", "r2e_tests/test_ops.py", "run_tests.sh"]
+    assert report.statuses["test_add"] == "FAILED"  # the real hidden tests ran
+
+
+def test_infrastructure_problems_are_errors_not_results(fixture_tasks, grader_service) -> None:
+    _, tasks = fixture_tasks
+    calc = tasks[0]
+    with pytest.raises(GraderError, match="422: patch_failed"):
+        grade(
+            grader_service,
+            request_for(
+                calc,
+                "diff --git a/nope.py b/nope.py\n--- a/nope.py\n+++ b/nope.py\n@@ -1 +1 @@\n-x\n+y\n",
+            ),
+        )
+    missing = GradeRequest(instance_id="x", docker_image="rlm-fixtures/absent:none", diff="")
+    with pytest.raises(GraderError, match="424: image_missing"):
+        grade(grader_service, missing)
+    with pytest.raises(GraderError, match="401: unauthorized"):
+        grade(grader_service, request_for(calc, ""), token="wrong-token")
+    assert httpx.post(f"{grader_service}/grade", content=b"{}").status_code == 401
+
+
+def test_tests_that_run_too_long_are_stopped_and_reported(fixture_tasks, grader_service) -> None:
+    _, tasks = fixture_tasks
+    calc = tasks[0]
+    hang = (
+        "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+        "@@ -1,2 +1,4 @@\n+import time\n+time.sleep(600)\n def add(a, b):\n     return a - b\n"
+    )
+    report = grade(grader_service, request_for(calc, hang, timeout_s=3))
+    assert report.timed_out and report.statuses == {}
+    assert grader_containers(label_of(grader_service)) == []
+
+
+def test_a_client_that_goes_away_takes_its_container_with_it(fixture_tasks, grader_service) -> None:
+    _, tasks = fixture_tasks
+    calc = tasks[0]
+    hang = (
+        "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+        "@@ -1,2 +1,4 @@\n+import time\n+time.sleep(600)\n def add(a, b):\n     return a - b\n"
+    )
+    body = request_for(calc, hang, timeout_s=600).model_dump_json().encode()
+    port = urlparse(grader_service).port
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /grade HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_for(lambda: grader_containers(label_of(grader_service)), 30, "the grading container")
+    wait_for(lambda: not grader_containers(label_of(grader_service)), 30, "the container's removal")
