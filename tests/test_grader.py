@@ -80,7 +80,8 @@ def test_infrastructure_problems_are_errors_not_results(fixture_tasks, grader_se
             grader_service,
             request_for(
                 calc,
-                "diff --git a/nope.py b/nope.py\n--- a/nope.py\n+++ b/nope.py\n@@ -1 +1 @@\n-x\n+y\n",
+                "diff --git a/nope.py b/nope.py\n--- a/nope.py\n+++ b/nope.py\n"
+                "@@ -1 +1 @@\n-x\n+y\n",
             ),
         )
     missing = GradeRequest(instance_id="x", docker_image="rlm-fixtures/absent:none", diff="")
@@ -115,7 +116,8 @@ def test_a_client_that_goes_away_takes_its_container_with_it(fixture_tasks, grad
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
             b"POST /grade HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         wait_for(lambda: grader_containers(label_of(grader_service)), 30, "the grading container")

@@ -63,7 +63,8 @@ def test_validation_passes_good_tasks_and_names_a_broken_one(
     path = tmp_path / "with-broken.parquet"
     datasets.Dataset.from_list([*rows, broken]).to_parquet(path)
     result = subprocess.run(
-        [sys.executable, "-m", "grader.validate", "--dataset", str(path), "--docker-url", grader_service],
+        [sys.executable, "-m", "grader.validate", "--dataset", str(path),
+         "--docker-url", grader_service],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, TOKEN_ENV: GRADER_TEST_TOKEN},
     )  # fmt: skip
     lines = result.stdout.splitlines()

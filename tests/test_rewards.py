@@ -39,8 +39,10 @@ def run_pytest(tmp_path: Path, files: dict[str, str], *args: str) -> str:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "pytest", "-rA", "-p", "no:cacheprovider", *args, "r2e_tests"],
-        cwd=tmp_path, capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-W", "ignore", "-m", "pytest", "-rA", "-p", "no:cacheprovider",
+         *args, "r2e_tests"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     return result.stdout
 

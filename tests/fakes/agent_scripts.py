@@ -51,6 +51,7 @@ class FixingAgent:
                 f"\ns = open({path!r}).read()\n"
                 "s = 'class EmptyStackError(IndexError):\\n    pass\\n\\n\\n' + s\n"
                 f"open({path!r}, 'w').write(s)\n"
-                "open('stackx/__init__.py', 'w').write('from stackx.stack import EmptyStackError, Stack\\n')"
+                "open('stackx/__init__.py', 'w')"
+                ".write('from stackx.stack import EmptyStackError, Stack\\n')"
             )
         return f"Plan {plan}: apply the fix.\n```python\n{edit}\nfinish()\n```"
