@@ -141,7 +141,15 @@ class ExperimentConfig(BaseModel):
     # --- Rollout ---
     max_completion_tokens: int = Field(4000, ge=1, description="Completion cap per model turn")
     code_timeout_s: float = Field(90.0, gt=0, description="Wall-clock limit of one code block")
-    max_output_chars: int = Field(3000, ge=100, description="Code output shown to the model")
+    max_output_chars: int = Field(
+        3000, ge=100, description="Code output shown to the model (head and tail kept)"
+    )
+    max_sub_queries: int = Field(10, ge=0, description="llm_query calls allowed per rollout")
+    truncated_rollouts: Literal["score", "mask"] = Field(
+        "score",
+        description="Rollouts that hit --max-steps or --max-context-tokens: 'score' trains them "
+        "with their reward, 'mask' leaves them out of their group",
+    )
 
     # --- Health ---
     health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")

@@ -6,9 +6,17 @@ importable on the worker machines too."""
 from __future__ import annotations
 
 _TOOLS = """\
-You work in a Python REPL whose current directory is a working copy of the repository.
-Write code in fenced ```python blocks (```repl works too); each block runs in order and you see
-its output in the next message. Call `finish()` in a code block when the fix is done.
+You work in a persistent Python REPL whose current directory is a working copy of the repository.
+Write code in fenced ```repl blocks (```python works too); the blocks of a reply run in order,
+variables persist between replies, and you see the output in the next message (long output is
+cut in the middle). There is no network. Helpers already defined in the REPL:
+- list_files(path=".", pattern="*") -> list of file paths
+- read_file(path, start=1, end=None) -> the lines, numbered
+- search(pattern, path=".") -> "path:line: text" matches of a regular expression
+- apply_patch(diff) -> applies a unified diff (a/ b/ paths); or edit files with open() directly
+- run(command, timeout=90) -> output of a shell command, e.g. run("python -m pytest -x tests")
+- llm_query(prompt) -> the answer of a helper model to a self-contained question
+- finish() -> call it when the fix is complete; the repository is then graded by hidden tests
 Only the problem statement is given; explore the repository to find what to change."""
 
 

@@ -61,6 +61,7 @@ class RolloutLimits(_Wire):
     request_timeout_s: float
     rollout_retries: int
     retry_backoff_s: float
+    max_sub_queries: int = 10
 
 
 class RolloutJob(_Wire):
@@ -82,6 +83,7 @@ class RolloutJob(_Wire):
     reward_fn: str  # import path
     results_stream: str
     lease_ttl_s: int
+    log_sample_rate: float = 0.0  # fraction of rollouts that send back a visualizer log
     enqueued_at: float
 
 
@@ -131,6 +133,7 @@ class RolloutResult(_Wire):
     error: ErrorInfo | None = None
     attempts: int = 1
     worker: str = ""
+    rlm_log: list[dict[str, Any]] | None = None  # iteration lines for the RLM visualizer
     enqueued_at: float
     started_at: float
     finished_at: float

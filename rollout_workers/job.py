@@ -8,6 +8,7 @@ infrastructure failure that outlives its retries is posted as a failed rollout, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -91,12 +92,14 @@ async def _rollout_and_post(
     reward_fn: Callable[[RewardInput], float],
 ) -> RolloutResult:
     started = time.time()
-    trajectory, error, attempts = None, None, 0
+    trajectory, error, attempts, outcome = None, None, 0, None
+    rollout_id = keys.rollout_id(job.job_id, index)
+    record = sampled(rollout_id, job.log_sample_rate)
     delay = job.limits.retry_backoff_s
     while True:
         attempts += 1
         try:
-            outcome = await run_rollout(job, client, system_prompt)
+            outcome = await run_rollout(job, client, system_prompt, slot=index, record=record)
             trajectory = await score(job, outcome, grader, reward_fn)
             break
         except INFRASTRUCTURE_ERRORS as exc:
@@ -113,7 +116,7 @@ async def _rollout_and_post(
     result = RolloutResult(
         run_id=job.run_id,
         job_id=job.job_id,
-        rollout_id=keys.rollout_id(job.job_id, index),
+        rollout_id=rollout_id,
         step=job.step,
         group_index=job.group_index,
         rollout_index=index,
@@ -127,9 +130,15 @@ async def _rollout_and_post(
         enqueued_at=job.enqueued_at,
         started_at=started,
         finished_at=time.time(),
+        rlm_log=outcome.iterations if record and outcome is not None and trajectory else None,
     )
     post_result(connection, job, result)
     return result
+
+
+def sampled(rollout_id: str, rate: float) -> bool:
+    """Whether this rollout's visualizer log is kept: a stable draw from its id."""
+    return int(hashlib.sha1(rollout_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
 
 
 async def score(
@@ -169,10 +178,12 @@ async def score(
         "steps": outcome.steps,
         "finished": outcome.finished,
         "truncated": outcome.truncated,
+        "sub_queries": outcome.sub_queries,
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
-        "code_time_s": round(outcome.code_time_s, 4),
+        "repl_time_s": round(outcome.repl_time_s, 4),
         "llm_time_s": round(outcome.llm_time_s, 4),
+        "repl_restarts": outcome.repl_restarts,
         "request_retries": outcome.request_retries,
         "diff_lines": outcome.diff.count("\n"),
     }
@@ -185,11 +196,16 @@ async def score(
         }
     return WireTrajectory(
         messages_and_choices=outcome.items,
+        additional_histories=outcome.histories,
         reward=reward,
         initial_policy_version=job.policy.policy_step,
         final_policy_version=job.policy.policy_step,
         metrics=metrics,
-        metadata={"instance_id": job.scenario.instance_id, "policy_step": job.policy.policy_step},
+        metadata={
+            "instance_id": job.scenario.instance_id,
+            "policy_step": job.policy.policy_step,
+            "model": job.policy.inference_name,
+        },
     )
 
 

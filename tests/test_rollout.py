@@ -1,12 +1,14 @@
-"""The simple REPL loop's parts: code extraction, truncation, the code runner's limits."""
+"""The REPL agent's parts: code extraction, truncation, the persistent sandboxed REPL."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
-from rollout_workers import sandbox
+from rollout_workers.repl import RESTART_NOTICE, Repl
 from rollout_workers.rollout import extract_code_blocks, truncate_middle
+from rollout_workers.workdir import diff_against
 
 
 def test_python_and_repl_blocks_are_extracted_in_order() -> None:
@@ -22,16 +24,90 @@ def test_truncation_keeps_head_and_tail() -> None:
     assert truncate_middle("short", 200) == "short"
 
 
-def test_runner_reports_output_finish_and_timeouts(tmp_path: Path) -> None:
-    tmp_path = tmp_path / "repo"
-    tmp_path.mkdir()
-    ran = asyncio.run(sandbox.run_block("print(6 * 7)", tmp_path, 10))
-    assert ran.output.strip() == "42" and not ran.timed_out
-    assert not sandbox.finished(tmp_path)
-    asyncio.run(sandbox.run_block("finish('done')", tmp_path, 10))
-    assert sandbox.finished(tmp_path)
-    assert list(tmp_path.iterdir()) == []  # the finish marker stays out of the working copy
-    slow = asyncio.run(
-        sandbox.run_block("import time\nprint('start', flush=True)\ntime.sleep(60)", tmp_path, 0.5)
+def _workdir() -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="rlm-rollout-test-")) / "repo"
+    workdir.mkdir()
+    (workdir / "pkg").mkdir()
+    (workdir / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    return workdir
+
+
+def run_session(blocks: list[tuple[str, float]], workdir: Path | None = None) -> list:
+    workdir = workdir or _workdir()
+    asked: list[str] = []
+
+    async def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return f"answer to {prompt}"
+
+    async def session() -> list:
+        repl = Repl(workdir, answer)
+        await repl.start()
+        try:
+            return [await repl.execute(code, timeout) for code, timeout in blocks]
+        finally:
+            await repl.close()
+
+    results = asyncio.run(session())
+    return results
+
+
+def test_state_tools_and_sub_queries_persist_across_steps() -> None:
+    results = run_session(
+        [
+            ("x = 41\nprint(list_files())", 20),
+            ("x += 1\nprint(x)", 20),
+            ("print(read_file('pkg/mod.py', 2, 2))", 20),
+            ("print(search('return'))", 20),
+            ("print(llm_query('what is 6*7?'))", 20),
+            ("print(run('echo from-shell; exit 3'))", 20),
+            ("finish('done')", 20),
+        ]
     )
-    assert slow.timed_out and "interrupted" in slow.output and slow.seconds < 10
+    outputs = [r.output for r in results]
+    assert outputs[0].strip() == "['pkg/mod.py']"
+    assert outputs[1].strip() == "42"
+    assert outputs[2].strip() == "2      return 1"
+    assert outputs[3].strip() == "['pkg/mod.py:2:     return 1']"
+    assert outputs[4].strip() == "answer to what is 6*7?"
+    assert outputs[5].strip() == "from-shell"
+    assert results[6].final_answer == "done" and results[0].final_answer is None
+
+
+def test_a_step_that_runs_too_long_is_interrupted_and_the_repl_survives() -> None:
+    results = run_session(
+        [("y = 7", 20), ("while True:\n    pass", 1), ("print(y)", 20)]
+    )
+    assert results[1].timed_out and "interrupted" in results[1].output
+    assert not results[1].restarted
+    assert results[2].output.strip() == "7"
+
+
+def test_a_repl_that_ignores_interrupts_or_dies_is_replaced_with_a_notice() -> None:
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    results = run_session(
+        [("z = 1", 20), (stubborn, 1), ("print('z' in globals())", 20),
+         ("import os\nos._exit(3)", 20), ("print('alive')", 20)]
+    )  # fmt: skip
+    assert results[1].restarted and RESTART_NOTICE in results[1].output
+    assert results[2].output.strip() == "False"
+    assert results[3].restarted and "died" in results[3].output
+    assert results[4].output.strip() == "alive"
+
+
+def test_diff_against_the_cache_covers_edits_new_and_deleted_files() -> None:
+    original = _workdir()
+    changed = _workdir()
+    (changed / "pkg" / "mod.py").write_text("def f():\n    return 2\n")
+    (changed / "pkg" / "new.py").write_text("NEW = 1")
+    (changed / "pkg" / "__pycache__").mkdir()
+    (changed / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+    (original / "gone.txt").write_text("bye\n")
+    diff = diff_against(original, changed)
+    assert "diff --git a/pkg/mod.py b/pkg/mod.py\n--- a/pkg/mod.py\n+++ b/pkg/mod.py\n" in diff
+    assert "-    return 1\n+    return 2\n" in diff
+    assert "new file mode 100644\n--- /dev/null\n+++ b/pkg/new.py\n" in diff
+    assert "+NEW = 1\n\\ No newline at end of file\n" in diff
+    assert "deleted file mode 100644\n--- a/gone.txt\n+++ /dev/null\n" in diff
+    assert "__pycache__" not in diff
+    assert diff_against(original, original) == ""

@@ -70,8 +70,11 @@ class AssembledGroups:
     dropped: Counter[str]  # reason -> number of groups
 
 
-def assemble_groups(step_results: StepResults) -> AssembledGroups:
-    """Complete groups -> `art.TrajectoryGroup`s, one scenario each, in group order."""
+def assemble_groups(step_results: StepResults, mask_truncated: bool = False) -> AssembledGroups:
+    """Complete groups -> `art.TrajectoryGroup`s, one scenario each, in group order.
+
+    With `mask_truncated`, rollouts that hit a limit are left out of their group; a group left
+    with fewer than two rollouts has no baseline and is dropped."""
     groups: list[art.TrajectoryGroup] = []
     dropped: Counter[str] = Counter()
     for group_index in range(step_results.groups):
@@ -86,7 +89,15 @@ def assemble_groups(step_results: StepResults) -> AssembledGroups:
             ] += 1
             continue
         ordered = [results[i] for i in sorted(results)]
-        trajectories = [to_art_trajectory(r.trajectory) for r in ordered if r.trajectory]
+        kept = [
+            r.trajectory
+            for r in ordered
+            if r.trajectory and not (mask_truncated and r.trajectory.metrics.get("truncated"))
+        ]
+        if len(kept) < 2 <= len(ordered):
+            dropped["masked_truncated"] += 1
+            continue
+        trajectories = [to_art_trajectory(t) for t in kept]
         groups.append(
             art.TrajectoryGroup(
                 trajectories,

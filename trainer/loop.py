@@ -37,6 +37,7 @@ from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.groups import StepResults, assemble_groups
 from trainer.metrics import step_metrics
+from trainer.rlm_logs import write_rlm_logs
 from trainer.services import LocalServices, resolve_redis
 from trainer.state import PipelineState
 
@@ -141,7 +142,8 @@ class StepRunner:
         results, stale = await self._gather(step, jobs)
         wait_s = time.monotonic() - started
 
-        assembled = assemble_groups(results)
+        assembled = assemble_groups(results, self.config.truncated_rollouts == "mask")
+        write_rlm_logs(results, self._log_dir(step), self.config.config_hash, self.config.max_steps)
         self._publish_status(step, "training", 0)
         train_started = time.monotonic()
         train_metrics: dict[str, float] = {}
@@ -212,11 +214,13 @@ class StepRunner:
                 request_timeout_s=config.request_timeout_s,
                 rollout_retries=config.rollout_retries,
                 retry_backoff_s=config.retry_backoff_s,
+                max_sub_queries=config.max_sub_queries,
             ),
             system_prompt_fn=callable_path(config.system_prompt_fn),
             reward_fn=callable_path(config.reward_fn),
             results_stream=keys.results_stream(self.run_key),
             lease_ttl_s=config.lease_ttl_s,
+            log_sample_rate=config.log_sample_rate,
             enqueued_at=time.time(),
         )
 
@@ -275,6 +279,9 @@ class StepRunner:
                     len(waiting),
                 )
         return results, stale
+
+    def _log_dir(self, step: int) -> Path:
+        return Path(self.config.log_dir) / self.config.experiment_name / f"step_{step}"
 
     def _publish_status(self, step: int, phase: str, groups_in_flight: int) -> None:
         self.connection.hset(

@@ -1,0 +1,172 @@
+"""A persistent, sandboxed Python REPL over one working copy, driven from the worker.
+
+One long-lived process per rollout keeps its namespace across steps. A step that runs past its
+time limit is interrupted (KeyboardInterrupt in the agent's code); if the REPL does not answer
+within a grace period, or dies (the code killed it, ran out of memory...), it is replaced by a
+fresh one and the agent is told its variables are gone. `llm_query` calls from the code are
+answered by the worker through `on_llm_query`, outside the sandbox (which has no network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from common.errors import SandboxError
+from rollout_workers import sandbox
+
+SERVER_SOURCE = (Path(__file__).parent / "repl_server.py").read_text()
+INTERRUPT_GRACE_S = 3.0
+RESTART_NOTICE = "[the REPL was restarted: variables from earlier steps are gone]"
+_MAX_LINE = 64 << 20  # one protocol line (a block's output); longer means a broken REPL
+
+
+@dataclass
+class ExecResult:
+    output: str
+    seconds: float
+    final_answer: str | None
+    timed_out: bool = False
+    restarted: bool = False
+    llm_seconds: float = 0.0
+    sub_queries: list[dict] = field(default_factory=list)
+
+
+class Repl:
+    def __init__(
+        self,
+        workdir: Path,
+        on_llm_query: Callable[[str], Awaitable[str]],
+        limits: sandbox.SandboxLimits | None = None,
+        allow_finish: bool = True,
+        slot: int = 0,
+    ) -> None:
+        self.workdir = workdir
+        self.on_llm_query = on_llm_query
+        self.limits = limits or sandbox.SandboxLimits()
+        self.allow_finish = allow_finish
+        self.uid = sandbox.sandbox_uid(slot)
+        self.restarts = 0
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        sandbox.prepare_workdir(self.workdir, self.uid)
+        argv, cwd = sandbox.command(self.workdir, SERVER_SOURCE)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=sandbox.environment(self.allow_finish),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=sandbox.preexec(self.limits, self.uid),
+                limit=_MAX_LINE,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandboxed REPL: {exc}") from exc
+
+    async def execute(self, code: str, timeout_s: float) -> ExecResult:
+        """Run one code block; never raises for anything the code does."""
+        if self._process is None or self._process.returncode is not None:
+            await self._restart()
+        started = time.monotonic()
+        result = ExecResult(output="", seconds=0.0, final_answer=None)
+        try:
+            await self._send({"op": "exec", "code": code})
+            reply = await self._await_done(result, deadline=started + timeout_s)
+        except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            reply = None
+        if reply is None and not result.timed_out:
+            result.output = "[the REPL died while running this code]"
+        if reply is None:
+            await self._restart()
+            result.restarted = True
+            result.output = f"{result.output}\n{RESTART_NOTICE}".strip()
+        else:
+            result.output = reply.get("output", "")
+            result.final_answer = reply.get("final_answer")
+            if result.timed_out:
+                result.output += f"\n[interrupted after {timeout_s:.0f}s]"
+        result.seconds = time.monotonic() - started - result.llm_seconds
+        return result
+
+    async def _await_done(self, result: ExecResult, deadline: float) -> dict | None:
+        """Read messages until `done`, answering llm_query; interrupt at the deadline."""
+        interrupted_at: float | None = None
+        while True:
+            now = time.monotonic()
+            limit = (
+                deadline + result.llm_seconds
+                if interrupted_at is None
+                else interrupted_at + INTERRUPT_GRACE_S
+            )
+            try:
+                message = await asyncio.wait_for(self._receive(), max(0.01, limit - now))
+            except TimeoutError:
+                if interrupted_at is not None:
+                    return None  # no answer to the interrupt: replace the REPL
+                result.timed_out = True
+                interrupted_at = time.monotonic()
+                self._interrupt()
+                continue
+            if message is None:
+                return None  # the REPL exited
+            if message.get("op") == "done":
+                return message
+            if message.get("op") == "llm_query":
+                began = time.monotonic()
+                text = await self.on_llm_query(str(message.get("prompt", "")))
+                result.llm_seconds += time.monotonic() - began
+                await self._send({"op": "llm_result", "text": text})
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        _kill_tree(process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+    async def _restart(self) -> None:
+        await self.close()
+        self.restarts += 1
+        await self.start()
+
+    async def _send(self, message: dict) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write((json.dumps(message) + "\n").encode())
+        await self._process.stdin.drain()
+
+    async def _receive(self) -> dict | None:
+        assert self._process is not None and self._process.stdout is not None
+        line = await self._process.stdout.readline()
+        return json.loads(line) if line else None
+
+    def _interrupt(self) -> None:
+        """SIGINT to the REPL process itself (the first Python inside the sandbox)."""
+        if self._process is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            family = [
+                psutil.Process(self._process.pid),
+                *psutil.Process(self._process.pid).children(recursive=True),
+            ]
+            repl = next(p for p in family if p.name().startswith("python"))
+            repl.send_signal(2)
+
+
+def _kill_tree(pid: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()

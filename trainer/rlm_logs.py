@@ -1,0 +1,71 @@
+"""Trajectory logs for the RLM visualizer: one `.jsonl` file per sampled rollout.
+
+`logs/<experiment>/step_<k>/<rollout_id>.jsonl`: a metadata line (with the instance id, reward,
+step and config hash beside the visualizer's own keys), then the iteration lines the worker
+recorded. Written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.wire import RolloutResult
+from trainer.groups import StepResults
+
+log = logging.getLogger(__name__)
+
+
+def metadata_line(result: RolloutResult, config_hash: str, max_steps: int) -> dict[str, Any]:
+    assert result.trajectory is not None
+    return {
+        "type": "metadata",
+        "timestamp": datetime.fromtimestamp(result.started_at, UTC).isoformat(),
+        "root_model": str(result.trajectory.metadata.get("model", ""))
+        or f"policy@{result.policy_step}",
+        "max_depth": 1,
+        "max_iterations": max_steps,
+        "backend": "openai",
+        "backend_kwargs": {},
+        "environment_type": "bwrap-repl",
+        "environment_kwargs": {},
+        "other_backends": [],
+        "instance_id": result.instance_id,
+        "reward": result.trajectory.reward,
+        "step": result.step,
+        "config_hash": config_hash,
+        "rollout_id": result.rollout_id,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """The visualizer rejects NaN and Infinity: such numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_rlm_logs(results: StepResults, directory: Path, config_hash: str, max_steps: int) -> int:
+    written = 0
+    for result in results.all_results():
+        if not result.rlm_log or result.trajectory is None:
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [metadata_line(result, config_hash, max_steps), *result.rlm_log]
+        text = "".join(json.dumps(_finite(line), allow_nan=False) + "\n" for line in lines)
+        target = directory / f"{result.rollout_id}.jsonl"
+        tmp = target.with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+        written += 1
+    if written:
+        log.info("wrote %d visualizer logs to %s", written, directory)
+    return written
