@@ -99,7 +99,7 @@ async def _rollout_and_post(
     while True:
         attempts += 1
         try:
-            outcome = await run_rollout(job, client, system_prompt, slot=index, record=record)
+            outcome = await run_rollout(job, client, system_prompt, record=record)
             trajectory = await score(job, outcome, grader, reward_fn)
             break
         except INFRASTRUCTURE_ERRORS as exc:

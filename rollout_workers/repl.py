@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from common.errors import SandboxError
 from rollout_workers import sandbox
 
 SERVER_SOURCE = (Path(__file__).parent / "repl_server.py").read_text()
+_PR_SET_CHILD_SUBREAPER = 36
+# bwrap processes this worker started and reaps itself (asyncio waits for them).
+_OWN_BWRAPS: set[int] = set()
 INTERRUPT_GRACE_S = 3.0
 RESTART_NOTICE = "[the REPL was restarted: variables from earlier steps are gone]"
 _MAX_LINE = 64 << 20  # one protocol line (a block's output); longer means a broken REPL
@@ -46,17 +51,17 @@ class Repl:
         on_llm_query: Callable[[str], Awaitable[str]],
         limits: sandbox.SandboxLimits | None = None,
         allow_finish: bool = True,
-        slot: int = 0,
     ) -> None:
         self.workdir = workdir
         self.on_llm_query = on_llm_query
         self.limits = limits or sandbox.SandboxLimits()
         self.allow_finish = allow_finish
-        self.uid = sandbox.sandbox_uid(slot)
+        self.uid = sandbox.sandbox_uid()
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        _become_subreaper()
         sandbox.prepare_workdir(self.workdir, self.uid)
         argv, cwd = sandbox.command(self.workdir, SERVER_SOURCE)
         try:
@@ -72,6 +77,7 @@ class Repl:
             )
         except OSError as exc:
             raise SandboxError(f"cannot start the sandboxed REPL: {exc}") from exc
+        _OWN_BWRAPS.add(self._process.pid)
 
     async def execute(self, code: str, timeout_s: float) -> ExecResult:
         """Run one code block; never raises for anything the code does."""
@@ -128,13 +134,27 @@ class Repl:
                 await self._send({"op": "llm_result", "text": text})
 
     async def close(self) -> None:
+        """Stop the sandbox so that every process in it is reaped, none left a zombie: kill the
+        pid namespace's init (the kernel then kills the rest and init reaps them), let bwrap
+        reap init and exit, and only then reap bwrap."""
         process, self._process = self._process, None
         if process is None:
             return
-        _kill_tree(process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(process.pid).children()
+            if children and children[0].name() == "bwrap":
+                children[0].kill()
+            else:  # no bubblewrap: the REPL is our child; its descendants go first
+                _kill_descendants(process.pid)
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            _kill_descendants(process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        _OWN_BWRAPS.discard(process.pid)
+        await _reap_orphaned_inits()
 
     async def _restart(self) -> None:
         await self.close()
@@ -164,9 +184,39 @@ class Repl:
             repl.send_signal(2)
 
 
-def _kill_tree(pid: int) -> None:
+def _become_subreaper() -> None:
+    """Orphans of our sandboxes come to this process instead of PID 1 (which, in some
+    containers, never reaps them)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+async def _reap_orphaned_inits(wait_s: float = 2.0) -> None:
+    """When the REPL dies first, bwrap may exit before its pid-namespace init does, and that
+    init is orphaned to us: reap it (only bwraps asyncio is not waiting for)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        orphans = [
+            child
+            for child in psutil.Process().children()
+            if child.pid not in _OWN_BWRAPS and _is_bwrap(child)
+        ]
+        for child in orphans:
+            with contextlib.suppress(ChildProcessError, psutil.Error):
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+        if not orphans or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+def _is_bwrap(process: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
-        parent = psutil.Process(pid)
-        for child in parent.children(recursive=True):
+        return process.name() == "bwrap"
+    return False
+
+
+def _kill_descendants(pid: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        for child in reversed(psutil.Process(pid).children(recursive=True)):
             with contextlib.suppress(psutil.Error):
                 child.kill()

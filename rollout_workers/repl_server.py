@@ -24,6 +24,7 @@ import traceback
 MAX_CAPTURE = 1_000_000  # characters kept of one block's output; the worker truncates further
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "node_modules"}
 ROOT = os.getcwd()
+REPL_PID = os.getpid()  # a process forked by the agent's code must never speak for the REPL
 
 _proto_in = os.fdopen(os.dup(0), "r", buffering=1)
 _proto_out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -34,6 +35,8 @@ _allow_finish = os.environ.get("RLM_REPL_FINISH", "1") == "1"
 
 
 def _send(message):
+    if os.getpid() != REPL_PID:
+        os._exit(0)
     _proto_out.write(json.dumps(message) + "\n")
     _proto_out.flush()
 
@@ -159,6 +162,8 @@ def _execute(code):
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        if os.getpid() != REPL_PID:  # a child the code forked, back from its copy of exec
+            os._exit(0)
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])

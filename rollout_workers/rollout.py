@@ -114,12 +114,12 @@ class _SubQueries:
 
 
 async def run_rollout(
-    job: RolloutJob, client: PolicyClient, system_prompt: str, slot: int = 0, record: bool = False
+    job: RolloutJob, client: PolicyClient, system_prompt: str, record: bool = False
 ) -> RolloutOutcome:
     workdir, original = make_working_copy(job.cache_dir, job.scenario.instance_id)
     outcome = RolloutOutcome()
     sub_queries = _SubQueries(client, outcome, job.limits.max_sub_queries)
-    repl = Repl(workdir, sub_queries, slot=slot)
+    repl = Repl(workdir, sub_queries)
     try:
         await repl.start()
         await _loop(job, client, system_prompt, repl, outcome, sub_queries, record)

@@ -10,6 +10,7 @@ the uid and the limits, with a loud warning that the file system and network are
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import resource
@@ -46,11 +47,15 @@ def sandbox_python() -> str:
     return sys.executable
 
 
-def sandbox_uid(slot: int) -> int | None:
-    """A uid for one sandbox, or None when the worker cannot switch uid (not root)."""
+_sandboxes_started = itertools.count()
+
+
+def sandbox_uid() -> int | None:
+    """A uid of its own for each sandbox (process limits count per uid), or None when the worker
+    cannot switch uid (not root)."""
     if os.geteuid() != 0:
         return None
-    return _UID_BASE + (os.getpid() * 64 + slot) % 100_000
+    return _UID_BASE + (os.getpid() * 1024 + next(_sandboxes_started)) % 1_000_000
 
 
 def prepare_workdir(workdir: Path, uid: int | None) -> None:
@@ -66,7 +71,8 @@ def prepare_workdir(workdir: Path, uid: int | None) -> None:
 
 
 def command(workdir: Path, source: str) -> tuple[list[str], str]:
-    """(argv that runs `python -I -c source` in the sandbox, its working directory)."""
+    """(argv that runs `python -I -c source` in the sandbox, its working directory). With
+    bubblewrap, argv[0] is bwrap and its first child is the sandbox's pid-namespace init."""
     python = sandbox_python()
     bwrap = shutil.which("bwrap")
     if bwrap is None:

@@ -75,9 +75,7 @@ def test_state_tools_and_sub_queries_persist_across_steps() -> None:
 
 
 def test_a_step_that_runs_too_long_is_interrupted_and_the_repl_survives() -> None:
-    results = run_session(
-        [("y = 7", 20), ("while True:\n    pass", 1), ("print(y)", 20)]
-    )
+    results = run_session([("y = 7", 20), ("while True:\n    pass", 1), ("print(y)", 20)])
     assert results[1].timed_out and "interrupted" in results[1].output
     assert not results[1].restarted
     assert results[2].output.strip() == "7"

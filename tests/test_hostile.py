@@ -1,0 +1,141 @@
+"""Model-written code is hostile: each attack is contained, the REPL ends or continues cleanly,
+the worker lives on, and nothing is left behind."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rollout_workers.repl import Repl
+from tests.test_rollout import _workdir
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+def hostile_session(blocks: list[tuple[str, float]]) -> tuple[list, Repl, Path]:
+    import asyncio
+
+    workdir = _workdir()
+
+    async def answer(prompt: str) -> str:
+        return ""
+
+    repl = Repl(workdir, answer)
+
+    async def session() -> list:
+        await repl.start()
+        try:
+            return [await repl.execute(code, timeout) for code, timeout in blocks]
+        finally:
+            await repl.close()
+
+    return asyncio.run(session()), repl, workdir
+
+
+def sandbox_processes(uid: int | None) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["uids"]) if uid is not None and p.info["uids"].real == uid
+    ]
+
+
+def assert_clean(repl: Repl) -> None:
+    assert sandbox_processes(repl.uid) == [], "sandbox processes outlived the REPL"
+
+
+def test_no_network() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[object] = []
+    listener.settimeout(5)
+    thread = threading.Thread(target=lambda: accepted.extend(_accept(listener)), daemon=True)
+    thread.start()
+    code = (
+        "import socket\ntry:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    print('CONNECTED')\n"
+        "except OSError as e:\n    print('blocked', e)"
+    )
+    results, repl, _ = hostile_session([(code, 20), ("print('alive')", 20)])
+    thread.join()
+    listener.close()
+    assert "blocked" in results[0].output and "CONNECTED" not in results[0].output
+    assert accepted == []
+    assert results[1].output.strip() == "alive"
+    assert_clean(repl)
+
+
+def _accept(listener: socket.socket) -> list[object]:
+    try:
+        return [listener.accept()]
+    except OSError:
+        return []
+
+
+def test_host_files_are_out_of_reach(tmp_path: Path) -> None:
+    secret = tmp_path / "other-task" / "hidden_test.py"
+    secret.parent.mkdir()
+    secret.write_text("SECRET = 1\n")
+    marker = f"/tmp/rlm-hostile-{uuid.uuid4().hex}"
+    code = (
+        f"for path in ['/etc/shadow', '/etc/passwd', {str(secret)!r}, '/r2e_tests', '/root']:\n"
+        "    try:\n        open(path).read()\n        print('READ', path)\n"
+        "    except OSError as e:\n        print('denied', type(e).__name__)\n"
+        f"for path in ['/usr/evil.txt', {str(tmp_path / 'planted.txt')!r}, '../escape.txt']:\n"
+        "    try:\n        open(path, 'w').write('x')\n        print('WROTE', path)\n"
+        "    except OSError as e:\n        print('denied', type(e).__name__)\n"
+    )
+    results, repl, workdir = hostile_session(
+        [(code, 20), (f"open({marker!r}, 'w').write('x')", 20)]
+    )
+    output = results[0].output
+    assert "READ" not in output
+    assert output.count("denied") == 7 or "WROTE ../escape.txt" in output
+    assert "WROTE /usr" not in output
+    assert not (tmp_path / "planted.txt").exists()
+    assert not Path(marker).exists()  # the sandbox's /tmp is its own
+    assert secret.read_text() == "SECRET = 1\n"
+    assert_clean(repl)
+
+
+def test_fork_bomb_is_capped_and_cleaned_up() -> None:
+    bomb = "import os\nwhile True:\n    os.fork()"
+    results, repl, _ = hostile_session([(bomb, 10), ("print('alive')", 20)])
+    assert "BlockingIOError" in results[0].output or results[0].restarted or results[0].timed_out
+    assert results[1].output.strip() == "alive"
+    assert_clean(repl)
+
+
+def test_huge_allocation_fails_inside() -> None:
+    results, repl, _ = hostile_session([("x = bytearray(8 * 1024**3)", 30), ("print('alive')", 20)])
+    assert "MemoryError" in results[0].output
+    assert results[1].output.strip() == "alive"
+    assert_clean(repl)
+
+
+def test_endless_loop_that_swallows_interrupts_gets_a_fresh_repl() -> None:
+    loop = (
+        "while True:\n    try:\n        while True:\n            pass\n"
+        "    except BaseException:\n        pass"
+    )
+    results, repl, _ = hostile_session([(loop, 1), ("print('alive')", 20)])
+    assert results[0].timed_out and results[0].restarted
+    assert results[1].output.strip() == "alive"
+    assert_clean(repl)
+
+
+def test_killing_its_parent_or_its_group_leaves_the_worker_alive() -> None:
+    blocks = [
+        ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('still here')", 20),
+        ("import os, signal\nos.killpg(0, signal.SIGKILL)", 20),
+        ("print('alive')", 20),
+    ]
+    results, repl, _ = hostile_session(blocks)
+    assert psutil.Process().is_running()  # this process ran the REPL, as a worker does
+    assert results[1].restarted
+    assert results[2].output.strip() == "alive"
+    assert_clean(repl)
