@@ -55,3 +55,24 @@ class FixingAgent:
                 ".write('from stackx.stack import EmptyStackError, Stack\\n')"
             )
         return f"Plan {plan}: apply the fix.\n```python\n{edit}\nfinish()\n```"
+
+
+HOSTILE_TURNS = (
+    "Let me ask for help.\n```repl\nhint = llm_query('How do I list files?')\nprint(hint)\n```",
+    "```repl\nimport os\ntry:\n    while True:\n        os.fork()\n"
+    "except OSError as e:\n    print('fork', e)\n```\n"
+    "```python\ntry:\n    x = bytearray(8 * 1024**3)\n"
+    "except MemoryError:\n    print('no memory')\n```",
+    "```repl\nimport os, signal\nos.killpg(0, signal.SIGKILL)\n```",
+    "```repl\nprint(open('/etc/shadow').read())\n```",
+    "Done.\n```repl\nfinish()\n```",
+)
+
+
+def hostile_agent(messages: list[dict[str, Any]], rng: random.Random) -> str:
+    """Asks a sub-question, forks without limit, allocates 8 GB, kills its own process group,
+    reads /etc/shadow, then finishes. A sub-question (a lone user message) gets a plain answer."""
+    if len(messages) == 1:
+        return "Use list_files()."
+    turn = sum(m.get("role") == "assistant" for m in messages)
+    return HOSTILE_TURNS[min(turn, len(HOSTILE_TURNS) - 1)]

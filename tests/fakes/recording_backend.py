@@ -68,6 +68,10 @@ class RecordingBackend(art.Backend):
                     "trainable": [is_trainable(t) for t in group.trajectories],
                     "rewards": [t.reward for t in group.trajectories],
                     "policy_versions": [t.initial_policy_version for t in group.trajectories],
+                    "additional_histories": [
+                        len(t.additional_histories) for t in group.trajectories
+                    ],
+                    "metrics": [dict(t.metrics) for t in group.trajectories],
                 }
                 for group in groups
             ],
