@@ -7,7 +7,7 @@ overhead under one second a grading.
 
     uv run python benchmarks/grader_overhead.py [--reps 5] [--gradings 16]
 
-Needs a Docker engine and the base image (tests/tasks/build_base_image.sh).
+Needs a Docker engine and the base image (docker/build_base_image.sh).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gradings", type=int, default=16, help="gradings per concurrency level")
     args = parser.parse_args()
-    subprocess.run(["bash", str(ROOT / "tests" / "tasks" / "build_base_image.sh")], check=True)
+    subprocess.run(["bash", str(ROOT / "docker" / "build_base_image.sh")], check=True)
     with tempfile.TemporaryDirectory() as out:
         _, tasks = build_all(Path(out))
 

@@ -137,6 +137,15 @@ class ExperimentConfig(BaseModel):
     local_workers: int = Field(
         0, ge=0, description="Rollout worker processes to start beside the trainer"
     )
+    gateway_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the policy to remote workers on this port (token: GATEWAY_TOKEN)",
+    )
+    public_policy_url: str | None = Field(
+        None, description="The gateway's URL as workers reach it; unset: http://<host>:<port>/v1"
+    )
 
     # --- Rollout ---
     max_completion_tokens: int = Field(4000, ge=1, description="Completion cap per model turn")

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from common.wire import PolicyRef, RolloutLimits
 
 log = logging.getLogger(__name__)
 
-_RETRIED_STATUS = {404, 408, 409, 425, 429, 500, 502, 503, 504}  # 404: model not loaded yet
+SLEEPING_HEADER = "X-Policy-Sleeping"  # set by the trainer's gateway while it trains
 
 
 class ContextOverflow(Exception):
@@ -76,9 +77,18 @@ class PolicyClient:
             "logprobs": True,
         }
         delay = self.limits.retry_backoff_s
-        for attempt in range(self.limits.rollout_retries + 1):
+        sleeping_until = time.monotonic() + self.limits.request_timeout_s
+        attempt = 0
+        while True:
             try:
-                return self._parse(await self._client.post("/chat/completions", json=body), attempt)
+                response = await self._client.post("/chat/completions", json=body)
+                if response.status_code == 503 and response.headers.get(SLEEPING_HEADER) == "1":
+                    # The policy is training (the gateway says so): wait, do not spend a retry.
+                    if time.monotonic() > sleeping_until:
+                        raise EndpointError("the policy kept training past --request-timeout-s")
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "5")))
+                    continue
+                return self._parse(response, attempt)
             except EndpointError as exc:
                 if attempt == self.limits.rollout_retries:
                     raise
@@ -91,7 +101,7 @@ class PolicyClient:
                 log.warning("policy unreachable (%r); retry %d in %.1fs", exc, attempt + 1, delay)
             await asyncio.sleep(delay)
             delay *= 2
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def _parse(self, response: httpx.Response, retries: int) -> Completion:
         if response.status_code == 400 and "context" in response.text.lower():

@@ -236,7 +236,7 @@ def fixture_tasks(docker_engine: None, tmp_path_factory: pytest.TempPathFactory)
     """The fixture tasks built for real: (dataset parquet path, [BuiltTask])."""
     from tests.tasks.build import build_all
 
-    subprocess.run(["bash", str(ROOT / "tests" / "tasks" / "build_base_image.sh")], check=True)
+    subprocess.run(["bash", str(ROOT / "docker" / "build_base_image.sh")], check=True)
     return build_all(tmp_path_factory.mktemp("r2e-fixtures"))
 
 

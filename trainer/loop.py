@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rq import Queue
 
 from common import keys
 from common.config import ExperimentConfig, callable_path
+from common.errors import ConfigError
 from common.health import HealthMonitor
 from common.queue import connect
 from common.wire import PolicyRef, RolloutJob, RolloutLimits
@@ -35,6 +37,7 @@ from producer import Schedule, Task, load_tasks
 from trainer.backend import build_backend, register_kwargs
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
+from trainer.gateway import GATEWAY_TOKEN_ENV, Gateway
 from trainer.groups import StepResults, assemble_groups
 from trainer.metrics import step_metrics
 from trainer.rlm_logs import write_rlm_logs
@@ -58,7 +61,7 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
     )
     monitor.start()
-    backend = None
+    backend = gateway = None
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
         if config.local_grader:
@@ -70,6 +73,7 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             name=config.model_name, project=config.project, base_model=config.base_model
         )
         await model.register(backend, **register_kwargs(config))
+        gateway = start_gateway(config, model)
         loaded = load_tasks(config.dataset, config.dataset_split, config.dataset_size)
         schedule = Schedule(
             loaded.tasks, config.groups_per_step, config.num_epochs, config.shuffle_seed
@@ -90,13 +94,15 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             len(loaded.tasks),
         )
         runner = StepRunner(
-            config, state.run_key, model, backend, connect(services.redis_url), services
+            config, state.run_key, model, backend, connect(services.redis_url), services, gateway
         )
         for step in range(state.next_step, schedule.total_steps):
             state = await runner.run_step(step, schedule.tasks_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
         return state
     finally:
+        if gateway is not None:
+            gateway.stop()
         monitor.stop()
         services.stop()
         if backend is not None:
@@ -114,6 +120,7 @@ class StepRunner:
         backend: Any,
         connection: Redis,
         services: LocalServices,
+        gateway: Gateway | None = None,
     ) -> None:
         self.config = config
         self.run_key = run_key
@@ -121,6 +128,7 @@ class StepRunner:
         self.backend = backend
         self.connection = connection
         self.services = services
+        self.gateway = gateway
         self.collector = ResultCollector(connection, run_key)
         self.dispatcher = Dispatcher(
             Queue(config.queue_name, connection=connection),
@@ -137,6 +145,9 @@ class StepRunner:
             endpoint=self.model.inference_base_url or self.config.vllm_url,
             api_key=self.model.inference_api_key or "",
         )
+        if self.gateway is not None:
+            endpoint = self.config.public_policy_url or f"{public_url(self.gateway)}/v1"
+            policy = policy.model_copy(update={"endpoint": endpoint, "api_key": self.gateway.token})
         jobs = [self._job(step, index, task, policy) for index, task in enumerate(tasks)]
         requeued_before, dead_before = self.dispatcher.requeued, self.collector.dead_letters
         results, stale = await self._gather(step, jobs)
@@ -152,13 +163,19 @@ class StepRunner:
         elif not assembled.groups:
             log.error("step %d: no complete group to train (%s)", step, dict(assembled.dropped))
         else:
-            result = await self.backend.train(
-                self.model,
-                assembled.groups,
-                learning_rate=self.config.learning_rate,
-                advantage_balance=self.config.advantage_balance,
-                scale_rewards=self.config.scale_rewards,
-            )
+            if self.gateway is not None:
+                self.gateway.sleeping.set()  # vLLM sleeps while a single GPU trains
+            try:
+                result = await self.backend.train(
+                    self.model,
+                    assembled.groups,
+                    learning_rate=self.config.learning_rate,
+                    advantage_balance=self.config.advantage_balance,
+                    scale_rewards=self.config.scale_rewards,
+                )
+            finally:
+                if self.gateway is not None:
+                    self.gateway.sleeping.clear()
             train_metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
         train_s = time.monotonic() - train_started
 
@@ -293,6 +310,24 @@ class StepRunner:
                 "updated_at": time.time(),
             },
         )
+
+
+def start_gateway(config: ExperimentConfig, model: Any) -> Gateway | None:
+    if config.gateway_port is None:
+        return None
+    token = os.environ.get(GATEWAY_TOKEN_ENV, "")
+    if len(token) < 16:
+        raise ConfigError(f"--gateway-port needs {GATEWAY_TOKEN_ENV}: a secret of 16+ characters")
+    upstream = model.inference_base_url or config.vllm_url
+    gateway = Gateway(
+        ("0.0.0.0", config.gateway_port), upstream, token, model.inference_api_key or ""
+    )
+    gateway.start()
+    return gateway
+
+
+def public_url(gateway: Gateway) -> str:
+    return f"http://{socket.getfqdn()}:{gateway.server_address[1]}"
 
 
 def _write_resolved_config(config: ExperimentConfig, model: Any) -> None:

@@ -4,7 +4,7 @@ rows in R2E-Gym-Lite's exact schema whose expected outputs come from really runn
     python -m tests.tasks.build --out /tmp/r2e-fixtures    # prints the dataset path
 
 Images: `rlm-fixtures/<repo>_final:<fix commit>` on top of the debootstrap base image
-(tests/tasks/build_base_image.sh): the repository at /testbed at the buggy (parent) commit with
+(docker/build_base_image.sh): the repository at /testbed at the buggy (parent) commit with
 the fix still reachable in git, its own virtualenv at /testbed/.venv (pytest installed offline
 from wheels downloaded on the host), the hidden tests at /r2e_tests and /testbed/run_tests.sh.
 Every container runs with --network none. Images are reused when their tag exists.
