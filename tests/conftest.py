@@ -183,7 +183,7 @@ def trainer_args(
         "reward_fn": "common.rewards:finished_reward",
     }
     values.update(overrides)
-    args = ["--no-wandb"]
+    args = [] if values.pop("wandb_offline", False) else ["--no-wandb"]
     for key, value in values.items():
         args += ["--" + key.replace("_", "-"), str(value)]
     return args

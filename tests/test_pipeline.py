@@ -18,6 +18,7 @@ from common.config import ExperimentConfig, parse_config
 from tests.conftest import (
     Processes,
     history,
+    model_dir,
     pipeline_state,
     train_calls,
     trainer_args,
@@ -26,6 +27,7 @@ from tests.conftest import (
 from tests.fakes.recording_backend import CRASH_AFTER_TRAIN_ENV
 from tests.fakes.scripted_llm import ScriptedLLM
 from trainer.loop import run_training
+from trainer.status import render_status
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +65,7 @@ def test_two_steps_with_local_workers(
 ) -> None:
     art_path = tmp_path / "art"
     config = parse_config(
-        trainer_args(redis_url, llm.url, dataset, art_path, local_workers=2),
+        trainer_args(redis_url, llm.url, dataset, art_path, local_workers=2, wandb_offline=True),
         ExperimentConfig,
         "trainer",
     )
@@ -78,8 +80,13 @@ def test_two_steps_with_local_workers(
     last = history(art_path)[-1]
     assert last["pipeline/rollouts"] == GROUPS * ROLLOUTS
     assert last["pipeline/failed_rollouts"] == 0
+    # No WANDB_API_KEY here: the run went to W&B offline, with the config and its hash.
+    [offline] = (model_dir(art_path) / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))
     left = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
     assert not left, f"processes left running after the trainer returned: {left}"
+    status = render_status(Redis.from_url(redis_url), config.queue_name)
+    assert f"step {STEPS - 1} training" in status and "0 results unacknowledged" in status
 
 
 def _busy_worker(redis_url: str) -> Worker:

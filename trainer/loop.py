@@ -40,6 +40,7 @@ from trainer.dispatch import Dispatcher
 from trainer.gateway import GATEWAY_TOKEN_ENV, Gateway
 from trainer.groups import StepResults, assemble_groups
 from trainer.metrics import step_metrics
+from trainer.observability import WandbLogger
 from trainer.rlm_logs import write_rlm_logs
 from trainer.services import LocalServices, resolve_redis
 from trainer.state import PipelineState
@@ -54,14 +55,12 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
     """Train until the schedule is exhausted; returns the final state."""
     import art
 
-    if not config.wandb:
-        os.environ["WANDB_MODE"] = "disabled"
     services = resolve_redis(config.redis_url, config.art_path)
     monitor = HealthMonitor(
         config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
     )
     monitor.start()
-    backend = gateway = None
+    backend = gateway = wandb_logger = None
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
         if config.local_grader:
@@ -85,6 +84,7 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             state = PipelineState.fresh(config.run_id, await model.get_step(), config.config_hash)
             state.write(model)
         _write_resolved_config(config, model)
+        wandb_logger = WandbLogger(config, model, state.run_key)
         log.info(
             "run %s (config %s): steps %d..%d, %d scenarios",
             state.run_key,
@@ -94,13 +94,16 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             len(loaded.tasks),
         )
         runner = StepRunner(
-            config, state.run_key, model, backend, connect(services.redis_url), services, gateway
-        )
+            config, state.run_key, model, backend, connect(services.redis_url), services,
+            gateway, wandb_logger,
+        )  # fmt: skip
         for step in range(state.next_step, schedule.total_steps):
             state = await runner.run_step(step, schedule.tasks_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
         return state
     finally:
+        if wandb_logger is not None:
+            wandb_logger.close()
         if gateway is not None:
             gateway.stop()
         monitor.stop()
@@ -121,6 +124,7 @@ class StepRunner:
         connection: Redis,
         services: LocalServices,
         gateway: Gateway | None = None,
+        wandb: WandbLogger | None = None,
     ) -> None:
         self.config = config
         self.run_key = run_key
@@ -129,6 +133,7 @@ class StepRunner:
         self.connection = connection
         self.services = services
         self.gateway = gateway
+        self.wandb = wandb
         self.collector = ResultCollector(connection, run_key)
         self.dispatcher = Dispatcher(
             Queue(config.queue_name, connection=connection),
@@ -188,11 +193,14 @@ class StepRunner:
             requeued_jobs=self.dispatcher.requeued - requeued_before,
             stale_results=stale,
             dead_letters=self.collector.dead_letters - dead_before,
+            queue_depth=len(self.dispatcher.queue),
         )
         metrics.update(train_metrics)
         await self.model.log(
             assembled.groups or None, split="train", metrics=metrics, step=model_step
         )
+        if self.wandb is not None:
+            self.wandb.log_step(model_step, metrics, assembled.groups)
         new_state = state.completed(step, model_step, self.config.config_hash)
         new_state.write(self.model)
         # Only now, with the step checkpointed, may the results it used leave the stream.

@@ -23,11 +23,13 @@ def step_metrics(
     requeued_jobs: int,
     stale_results: int,
     dead_letters: int,
+    queue_depth: int,
 ) -> dict[str, float]:
     real = [r for r in results.all_results() if r.job_id]  # not placeholders of dead jobs
     latency = [r.finished_at - r.started_at for r in real]
     queue_wait = [r.started_at - r.enqueued_at for r in real]
     ok = [r.trajectory for r in real if r.trajectory is not None]
+    grading = [float(t.metrics["grading_s"]) for t in ok if "grading_s" in t.metrics]
     metrics = {
         "pipeline/rollouts": float(len(real)),
         "pipeline/failed_rollouts": float(results.failed),
@@ -42,6 +44,9 @@ def step_metrics(
         "pipeline/rollout_latency_p99_s": _percentile(latency, 0.99),
         "pipeline/queue_wait_p50_s": _percentile(queue_wait, 0.5),
         "pipeline/queue_wait_p99_s": _percentile(queue_wait, 0.99),
+        "pipeline/grading_latency_p50_s": _percentile(grading, 0.5),
+        "pipeline/grading_latency_p99_s": _percentile(grading, 0.99),
+        "pipeline/queue_depth": float(queue_depth),
         "pipeline/step_wait_s": wait_s,
         "pipeline/step_train_s": train_s,
     }

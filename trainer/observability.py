@@ -1,0 +1,71 @@
+"""W&B for a run. With WANDB_API_KEY, ART logs `model.log(...)` online and we add the full config
+and `config_hash` to the run; without one, the same figures go to an offline run of our own
+(`wandb sync <dir>` uploads it later); `--no-wandb` turns W&B off."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import art
+
+from common.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+
+class WandbLogger:
+    def __init__(self, config: ExperimentConfig, model: art.TrainableModel, run_key: str) -> None:
+        self._offline: Any = None
+        if not config.wandb:
+            os.environ["WANDB_MODE"] = "disabled"
+            return
+        run_config = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
+        if "WANDB_API_KEY" in os.environ:
+            try:
+                model.update_wandb_config(run_config)
+            except ValueError as exc:  # W&B configs are immutable once set
+                log.warning(
+                    "W&B config not updated (%s): the resumed run keeps its first config", exc
+                )
+            return
+        import wandb
+
+        directory = Path(config.art_path) / config.project / "models" / config.model_name
+        directory.mkdir(parents=True, exist_ok=True)
+        self._offline = wandb.init(
+            project=config.project,
+            name=config.model_name,
+            id=run_key,
+            dir=str(directory),
+            mode="offline",
+            config=run_config,
+            resume="allow",
+        )
+        log.info("W&B offline (no WANDB_API_KEY): `wandb sync %s/wandb` uploads the run", directory)
+
+    def log_step(
+        self, step: int, metrics: dict[str, float], groups: list[art.TrajectoryGroup]
+    ) -> None:
+        """Offline only: online, `model.log` has already sent these."""
+        if self._offline is None:
+            return
+        trajectories = [t for group in groups for t in group.trajectories]
+        summary = dict(metrics)
+        if trajectories:
+            summary["train/reward"] = fmean(t.reward for t in trajectories)
+            for key in ("success", "finished", "steps", "prompt_tokens", "completion_tokens"):
+                values = [float(t.metrics[key]) for t in trajectories if key in t.metrics]
+                if values:
+                    summary[f"train/{key}"] = fmean(values)
+        self._offline.log({**summary, "training_step": step})
+
+    def close(self) -> None:
+        if self._offline is not None:
+            import wandb
+
+            self._offline.finish()
+            wandb.teardown()  # stops wandb's service process: nothing outlives the trainer
