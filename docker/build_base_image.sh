@@ -3,7 +3,7 @@
 # Reused when present.
 #   docker/build_base_image.sh                       -> rlm-base:bookworm (python3, venv, git):
 #                                                       what the fixture task images start from
-#   docker/build_base_image.sh rlm-project-base:bookworm python3,python3-venv,git,bubblewrap,patch,docker.io,ca-certificates
+#   docker/build_base_image.sh rlm-project-base:bookworm python3,python3-venv,git,bubblewrap,patch,docker.io,ca-certificates,redis-server
 #                                                    -> what the project image (Dockerfile) starts from
 set -euo pipefail
 name="${1:-rlm-base:bookworm}"

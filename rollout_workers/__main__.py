@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import uuid
 
 from common.config import WorkerConfig, parse_config
 from common.log import setup_logging
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
     )
     monitor.start()
-    name = config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}"
+    # Unique even for containers that share the host's name and all run as pid 1.
+    name = (
+        config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
     worker = RolloutWorker(
         [Queue(config.queue_name, connection=connection)], connection=connection, name=name
     )

@@ -2,7 +2,7 @@
 
 Inside: no network (all namespaces unshared), a read-only /usr (Python and tools), the rollout's
 working copy at /repo (the only writable place besides a small /tmp), nothing else of the host:
-no /etc, no home directories, no other task, no hidden tests. Outside, before exec: a uid of its
+no /etc, no /proc, no home directories, no other task, no hidden tests. Outside, before exec: a uid of its
 own (so the process limit counts only this sandbox), limits on address space, processes, file
 size, CPU time and open files, and death with the worker. Without bubblewrap the code still gets
 the uid and the limits, with a loud warning that the file system and network are open.
@@ -101,7 +101,8 @@ def command(workdir: Path, source: str) -> tuple[list[str], str]:
         argv += ["--ro-bind", prefix, prefix]
     argv += [
         "--bind", str(workdir), SANDBOX_ROOT, "--chdir", SANDBOX_ROOT,
-        "--proc", "/proc", "--dev", "/dev",
+        "--dev", "/dev",  # no /proc: nothing to read about other processes (and containers
+        # refuse a fresh procfs mount without extra privileges)
         "--size", str(SandboxLimits.tmp_bytes), "--tmpfs", "/tmp",
         python, "-I", "-c", source,
     ]  # fmt: skip
