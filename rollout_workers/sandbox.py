@@ -4,8 +4,9 @@ Inside: no network (all namespaces unshared), a read-only /usr (Python and tools
 working copy at /repo (the only writable place besides a small /tmp), nothing else of the host:
 no /etc, no /proc, no home directories, no other task, no hidden tests. Outside, before exec:
 a uid of its own (so the process limit counts only this sandbox), limits on address space,
-processes, file size, CPU time and open files, and death with the worker. Without bubblewrap the code still gets
-the uid and the limits, with a loud warning that the file system and network are open.
+processes, file size, CPU time and open files, and death with the worker. Without bubblewrap
+the code still gets the uid and the limits, with a loud warning that the file system and
+network are open.
 """
 
 from __future__ import annotations
