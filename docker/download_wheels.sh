@@ -27,7 +27,8 @@ for line in open(".wheels/locked.txt"):
         pins.append(f"{requirement.name}{requirement.specifier}")
 open(".wheels/requirements.txt", "w").write("\n".join(pins) + "\n")
 PY
-python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
+# pip from its own tool environment: the project venv (made by uv) has none.
+uv tool run --quiet pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
     --python-version 3.11 --implementation cp --abi cp311 \
     $(for v in 2014 _2_17 _2_24 _2_28 _2_31 _2_34 _2_36; do echo --platform "manylinux${v}_x86_64"; done) \
     -r .wheels/requirements.txt -d .wheels
