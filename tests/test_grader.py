@@ -36,6 +36,13 @@ def request_for(task, diff: str, timeout_s: float = 120) -> GradeRequest:
     )
 
 
+# Makes the hidden tests hang on import.
+HANG = (
+    "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+    "@@ -1,2 +1,4 @@\n+import time\n+time.sleep(600)\n def add(a, b):\n     return a - b\n"
+)
+
+
 def label_of(url: str) -> str:
     return f"test-{urlparse(url).port}"
 
@@ -95,11 +102,7 @@ def test_infrastructure_problems_are_errors_not_results(fixture_tasks, grader_se
 def test_tests_that_run_too_long_are_stopped_and_reported(fixture_tasks, grader_service) -> None:
     _, tasks = fixture_tasks
     calc = tasks[0]
-    hang = (
-        "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
-        "@@ -1,2 +1,4 @@\n+import time\n+time.sleep(600)\n def add(a, b):\n     return a - b\n"
-    )
-    report = grade(grader_service, request_for(calc, hang, timeout_s=3))
+    report = grade(grader_service, request_for(calc, HANG, timeout_s=3))
     assert report.timed_out and report.statuses == {}
     assert grader_containers(label_of(grader_service)) == []
 
@@ -107,11 +110,7 @@ def test_tests_that_run_too_long_are_stopped_and_reported(fixture_tasks, grader_
 def test_a_client_that_goes_away_takes_its_container_with_it(fixture_tasks, grader_service) -> None:
     _, tasks = fixture_tasks
     calc = tasks[0]
-    hang = (
-        "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
-        "@@ -1,2 +1,4 @@\n+import time\n+time.sleep(600)\n def add(a, b):\n     return a - b\n"
-    )
-    body = request_for(calc, hang, timeout_s=600).model_dump_json().encode()
+    body = request_for(calc, HANG, timeout_s=600).model_dump_json().encode()
     port = urlparse(grader_service).port
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
