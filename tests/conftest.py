@@ -185,7 +185,11 @@ def trainer_args(
     values.update(overrides)
     args = [] if values.pop("wandb_offline", False) else ["--no-wandb"]
     for key, value in values.items():
-        args += ["--" + key.replace("_", "-"), str(value)]
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, str(value)]
     return args
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import uuid
 from urllib.parse import urlparse
 
 import httpx
@@ -121,3 +122,59 @@ def test_a_client_that_goes_away_takes_its_container_with_it(fixture_tasks, grad
         )
         wait_for(lambda: grader_containers(label_of(grader_service)), 30, "the grading container")
     wait_for(lambda: not grader_containers(label_of(grader_service)), 30, "the container's removal")
+
+
+def test_a_restarted_grader_removes_what_a_crashed_one_left(fixture_tasks, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    _, tasks = fixture_tasks
+    port, label = free_port(), f"crash-{uuid.uuid4().hex[:6]}"
+    command = [
+        sys.executable,
+        "-m",
+        "grader",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--label",
+        label,
+    ]
+    env = {**os.environ, "GRADER_TOKEN": GRADER_TEST_TOKEN}
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(healthy, 30, "the first grader")
+        body = request_for(tasks[0], HANG, timeout_s=600).model_dump_json()
+        post = (
+            "import sys, httpx; httpx.post(sys.argv[1], content=sys.argv[2], timeout=600, "
+            "headers={'Authorization': 'Bearer ' + sys.argv[3]})"
+        )
+        sender = subprocess.Popen(
+            [sys.executable, "-c", post, f"{url}/grade", body, GRADER_TEST_TOKEN],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: grader_containers(label), 30, "the grading container")
+    finally:
+        first.kill()  # a crash: no cleanup runs
+        first.wait()
+    assert grader_containers(label), "the container outlives a crashed grader"
+    second = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(healthy, 30, "the restarted grader")
+        assert grader_containers(label) == []
+    finally:
+        second.terminate()
+        second.wait(30)
+        sender.wait(30)

@@ -76,17 +76,18 @@ def test_validation_passes_good_tasks_and_names_a_broken_one(
 
 
 def test_rewards_come_from_the_hidden_tests(
-    fixture_tasks, grader_service, repo_cache: Path, redis_url: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    fixture_tasks, repo_cache: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-machine command: the grader (with a token of its own) and the workers are started
+    by the trainer."""
     dataset, tasks = fixture_tasks
-    monkeypatch.setenv(TOKEN_ENV, GRADER_TEST_TOKEN)  # local workers inherit it
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     art_path = tmp_path / "art"
     with ScriptedLLM(script=FixingAgent()) as llm:
         args = trainer_args(
             redis_url, llm.url, dataset, art_path,
             grader="docker", reward_fn="common.rewards:binary_test_reward",
-            docker_url=grader_service, cache_dir=str(repo_cache), local_workers=2,
+            local_grader=True, cache_dir=str(repo_cache), local_workers=2,
             dataset_size=len(tasks), groups_per_step=len(tasks), rollouts_per_group=4,
             max_concurrent=8,
         )  # fmt: skip
