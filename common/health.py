@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -44,13 +45,13 @@ class HealthMonitor:
         interval_s: float,
         max_child_processes: int,
         max_tmp_usage_gb: float,
-        tmp_dir: str = "/tmp",
+        tmp_dir: str | None = None,
         stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.interval_s = interval_s
         self.max_child_processes = max_child_processes
         self.max_tmp_usage_gb = max_tmp_usage_gb
-        self.tmp_dir = Path(tmp_dir)
+        self.tmp_dir = Path(tmp_dir or tempfile.gettempdir())  # where rollouts make their dirs
         self.stale_after_s = stale_after_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 from types import FrameType
 
 import psutil
@@ -45,7 +46,7 @@ class RolloutWorker(SimpleWorker):
             requeue_started_job(Queue(job.origin, connection=self.connection), job)
         finally:
             _kill_children()
-            for path in glob.glob(os.path.join("/tmp", rollout_dir_prefix() + "*")):
+            for path in glob.glob(os.path.join(tempfile.gettempdir(), rollout_dir_prefix() + "*")):
                 shutil.rmtree(path, ignore_errors=True)
             try:
                 self.register_death()
