@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rollout_workers.repl import Repl  # noqa: E402
-from rollout_workers.rollout import extract_code_blocks, truncate_middle  # noqa: E402
+from rollout_workers.text import extract_code_blocks, truncate_middle  # noqa: E402
 from rollout_workers.workdir import diff_against  # noqa: E402
 
 REPLIES = {

@@ -34,6 +34,17 @@ def r2e_cot_system_prompt() -> str:
     )
 
 
+def sub_agent_system_prompt() -> str:
+    """For the sub-agents `llm_query` starts: they answer one question, they do not edit."""
+    return (
+        "You answer one question for another agent that is fixing an issue in a Python "
+        "repository. You have a persistent Python REPL in a working copy of the repository: "
+        "write ```repl blocks to look things up with list_files(), read_file(path, start, end), "
+        "search(pattern), run(command) and llm_query(prompt). Do not change files. When you "
+        "know the answer, reply with it and no code block: that reply is your answer."
+    )
+
+
 def task_message(problem_statement: str) -> str:
     """The first user message: the problem statement and nothing else about the task."""
     return f"Fix the following issue in the repository.\n\n{problem_statement.strip()}"

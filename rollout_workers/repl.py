@@ -51,18 +51,22 @@ class Repl:
         on_llm_query: Callable[[str], Awaitable[str]],
         limits: sandbox.SandboxLimits | None = None,
         allow_finish: bool = True,
+        parent: Repl | None = None,
     ) -> None:
+        """`parent`: a REPL over the same working copy whose uid (and files) this one shares."""
         self.workdir = workdir
         self.on_llm_query = on_llm_query
         self.limits = limits or sandbox.SandboxLimits()
         self.allow_finish = allow_finish
-        self.uid = sandbox.sandbox_uid()
+        self.parent = parent
+        self.uid = parent.uid if parent is not None else sandbox.sandbox_uid()
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         _become_subreaper()
-        sandbox.prepare_workdir(self.workdir, self.uid)
+        if self.parent is None:
+            sandbox.prepare_workdir(self.workdir, self.uid)
         argv, cwd = sandbox.command(self.workdir, SERVER_SOURCE)
         try:
             self._process = await asyncio.create_subprocess_exec(

@@ -30,6 +30,9 @@ _proto_in = os.fdopen(os.dup(0), "r", buffering=1)
 _proto_out = os.fdopen(os.dup(1), "w", buffering=1)
 _devnull = os.open(os.devnull, os.O_RDONLY)
 os.dup2(_devnull, 0)
+# Unbuffered: prints, tracebacks and subprocess output reach the capture in the order they happen.
+sys.stdout.reconfigure(line_buffering=True, write_through=True)
+sys.stderr.reconfigure(line_buffering=True, write_through=True)
 _final = {"answer": None}
 _allow_finish = os.environ.get("RLM_REPL_FINISH", "1") == "1"
 

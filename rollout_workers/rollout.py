@@ -12,7 +12,6 @@ when sampled, the iterations in the RLM visualizer's format.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,24 +20,13 @@ from typing import Any
 
 from common.prompts import task_message
 from common.wire import RolloutJob, WireHistory, WireItem
-from rollout_workers.policy import Completion, ContextOverflow, PolicyClient
+from rollout_workers.policy import ContextOverflow, PolicyClient
 from rollout_workers.repl import Repl
+from rollout_workers.sub_agents import SubAgents
+from rollout_workers.text import extract_code_blocks, observation, truncate_middle
 from rollout_workers.workdir import diff_against, make_working_copy
 
-_CODE_BLOCK = re.compile(r"```(?:python|repl)[^\n]*\n(.*?)```", re.DOTALL)
 NUDGE = "No code block found. Write Python in a ```repl block, and call finish() when done."
-
-
-def extract_code_blocks(text: str) -> list[str]:
-    return [block for block in _CODE_BLOCK.findall(text) if block.strip()]
-
-
-def truncate_middle(text: str, limit: int) -> str:
-    """Keep the head and the tail: errors usually sit at the end, context at the start."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
 
 
 def _now() -> str:
@@ -63,63 +51,18 @@ class RolloutOutcome:
     iterations: list[dict[str, Any]] = field(default_factory=list)  # RLM visualizer lines
 
 
-class _SubQueries:
-    """Answers `llm_query` from the agent's code: one completion each, bounded in number."""
-
-    def __init__(self, client: PolicyClient, outcome: RolloutOutcome, limit: int) -> None:
-        self.client, self.outcome, self.limit = client, outcome, limit
-        self.calls: list[dict[str, Any]] = []  # of the current code block, for the visualizer
-
-    async def __call__(self, prompt: str) -> str:
-        if self.outcome.sub_queries >= self.limit:
-            return f"[llm_query limit reached: at most {self.limit} per rollout]"
-        self.outcome.sub_queries += 1
-        message = {"role": "user", "content": prompt}
-        began = time.monotonic()
-        try:
-            completion = await self.client.complete([message])
-        except ContextOverflow:
-            return "[llm_query: the prompt is too long]"
-        seconds = time.monotonic() - began
-        self.outcome.llm_time_s += seconds
-        self._count(completion)
-        self.outcome.histories.append(
-            WireHistory(
-                messages_and_choices=[
-                    WireItem(kind="message", data=message),
-                    WireItem(kind="choice", data=completion.choice),
-                ]
-            )
-        )
-        self.calls.append(
-            {
-                "root_model": self.client.policy.inference_name,
-                "prompt": prompt,
-                "response": completion.content,
-                "usage_summary": {
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                },
-                "execution_time": round(seconds, 4),
-                "prompt_tokens": completion.prompt_tokens,
-                "completion_tokens": completion.completion_tokens,
-            }
-        )
-        return completion.content
-
-    def _count(self, completion: Completion) -> None:
-        self.outcome.prompt_tokens += completion.prompt_tokens
-        self.outcome.completion_tokens += completion.completion_tokens
-        self.outcome.request_retries += completion.retries
-
-
 async def run_rollout(
     job: RolloutJob, client: PolicyClient, system_prompt: str, record: bool = False
 ) -> RolloutOutcome:
     workdir, original = make_working_copy(job.cache_dir, job.scenario.instance_id)
     outcome = RolloutOutcome()
-    sub_queries = _SubQueries(client, outcome, job.limits.max_sub_queries)
+    limits = job.limits
+    sub_queries = SubAgents(
+        client, outcome, limits.max_sub_queries, workdir, limits.code_timeout_s,
+        limits.max_output_chars,
+    )  # fmt: skip
     repl = Repl(workdir, sub_queries)
+    sub_queries.repl = repl
     try:
         await repl.start()
         await _loop(job, client, system_prompt, repl, outcome, sub_queries, record)
@@ -137,7 +80,7 @@ async def _loop(
     system_prompt: str,
     repl: Repl,
     outcome: RolloutOutcome,
-    sub_queries: _SubQueries,
+    sub_queries: SubAgents,
     record: bool,
 ) -> None:
     limits = job.limits
@@ -156,7 +99,7 @@ async def _loop(
             return
         outcome.llm_time_s += time.monotonic() - began
         outcome.steps += 1
-        sub_queries._count(completion)
+        sub_queries.count(completion)
         outcome.items.append(WireItem(kind="choice", data=completion.choice))
         messages.append({"role": "assistant", "content": completion.content})
 
@@ -192,8 +135,7 @@ async def _loop(
         if completion.prompt_tokens + completion.completion_tokens >= limits.max_context_tokens:
             outcome.truncated = True
             return
-        observation = "\n\n".join(f"Output:\n{o or '(no output)'}" for o in outputs) or NUDGE
-        message = {"role": "user", "content": observation}
+        message = {"role": "user", "content": observation(outputs, NUDGE)}
         messages.append(message)
         outcome.items.append(WireItem(kind="message", data=message))
     outcome.truncated = True

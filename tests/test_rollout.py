@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from rollout_workers.repl import RESTART_NOTICE, Repl
-from rollout_workers.rollout import extract_code_blocks, truncate_middle
+from rollout_workers.text import extract_code_blocks, truncate_middle
 from rollout_workers.workdir import diff_against
 
 
@@ -109,3 +109,47 @@ def test_diff_against_the_cache_covers_edits_new_and_deleted_files() -> None:
     assert "deleted file mode 100644\n--- a/gone.txt\n+++ /dev/null\n" in diff
     assert "__pycache__" not in diff
     assert diff_against(original, original) == ""
+
+
+def test_llm_query_runs_a_sub_agent_with_its_own_repl() -> None:
+    from common.wire import PolicyRef, RolloutLimits
+    from rollout_workers.policy import PolicyClient
+    from rollout_workers.rollout import RolloutOutcome
+    from rollout_workers.sub_agents import SubAgents
+    from tests.fakes.agent_scripts import is_sub_agent
+    from tests.fakes.scripted_llm import ScriptedLLM
+
+    def script(messages: list, rng: object) -> str:
+        assert is_sub_agent(messages)
+        turn = sum(m["role"] == "assistant" for m in messages)
+        if turn == 0:
+            return "```repl\nprint(len(list_files()))\nfinish()\n```"
+        return f"The repository has {messages[-1]['content'].split()[1]} file(s)."
+
+    workdir = _workdir()
+    limits = RolloutLimits(
+        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
+        max_output_chars=1000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.1,
+    )  # fmt: skip
+
+    async def ask() -> tuple[str, RolloutOutcome]:
+        with ScriptedLLM(script=script) as llm:
+            client = PolicyClient(
+                PolicyRef(inference_name="m@0", policy_step=0, endpoint=llm.url), limits
+            )
+            outcome = RolloutOutcome()
+            agents = SubAgents(client, outcome, 2, workdir, 20, 1000)
+            try:
+                answers = [await agents("How many files?") for _ in range(3)]
+            finally:
+                await client.aclose()
+        return answers, outcome
+
+    answers, outcome = asyncio.run(ask())
+    assert answers[0] == "The repository has 1 file(s)."
+    assert "limit reached" in answers[2] and outcome.sub_queries == 2
+    [history, _] = outcome.histories
+    kinds = [item.kind for item in history.messages_and_choices]
+    assert kinds == ["message", "message", "choice", "message", "choice"]
+    observation = history.messages_and_choices[3].data["content"]
+    assert "NameError" in observation  # a sub-agent cannot finish() the task

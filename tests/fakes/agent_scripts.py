@@ -69,10 +69,14 @@ HOSTILE_TURNS = (
 )
 
 
+def is_sub_agent(messages: list[dict[str, Any]]) -> bool:
+    return "another agent" in str(messages[0].get("content"))
+
+
 def hostile_agent(messages: list[dict[str, Any]], rng: random.Random) -> str:
     """Asks a sub-question, forks without limit, allocates 8 GB, kills its own process group,
-    reads /etc/shadow, then finishes. A sub-question (a lone user message) gets a plain answer."""
-    if len(messages) == 1:
+    reads /etc/shadow, then finishes. Its sub-agent answers at once, without code."""
+    if is_sub_agent(messages):
         return "Use list_files()."
     turn = sum(m.get("role") == "assistant" for m in messages)
     return HOSTILE_TURNS[min(turn, len(HOSTILE_TURNS) - 1)]

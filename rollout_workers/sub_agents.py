@@ -1,0 +1,124 @@
+"""`llm_query(prompt)` from the agent's code, answered by a sub-agent.
+
+A sub-agent is the same policy with a system prompt of its own and a REPL of its own over the same
+working copy (no `finish` or `apply_patch`): at most `SUB_AGENT_STEPS` turns, and its first reply
+without code is its answer. Sub-agents may ask further sub-agents down to `MAX_DEPTH`; deeper, a
+question gets one plain completion. All share one budget (`--max-sub-queries`) per rollout. Each
+sub-conversation, Choices included, becomes an additional history of the trajectory, so it trains.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.prompts import sub_agent_system_prompt
+from common.wire import WireHistory, WireItem
+from rollout_workers.policy import Completion, ContextOverflow, PolicyClient
+from rollout_workers.repl import Repl
+from rollout_workers.text import extract_code_blocks, observation, truncate_middle
+
+if TYPE_CHECKING:
+    from rollout_workers.rollout import RolloutOutcome
+
+MAX_DEPTH = 2
+SUB_AGENT_STEPS = 8
+NUDGE = "Reply with your answer and no code block, or look further with a ```repl block."
+
+
+class SubAgents:
+    def __init__(
+        self,
+        client: PolicyClient,
+        outcome: RolloutOutcome,
+        limit: int,
+        workdir: Path,
+        code_timeout_s: float,
+        max_output_chars: int,
+        depth: int = 1,
+    ) -> None:
+        self.client, self.outcome, self.limit = client, outcome, limit
+        self.workdir, self.depth = workdir, depth
+        self.code_timeout_s, self.max_output_chars = code_timeout_s, max_output_chars
+        self.repl: Repl | None = None  # the REPL whose code calls us: sub-REPLs share its uid
+        self.calls: list[dict[str, Any]] = []  # of the current code block, for the visualizer
+
+    def count(self, completion: Completion) -> None:
+        self.outcome.prompt_tokens += completion.prompt_tokens
+        self.outcome.completion_tokens += completion.completion_tokens
+        self.outcome.request_retries += completion.retries
+
+    async def __call__(self, prompt: str) -> str:
+        if self.outcome.sub_queries >= self.limit:
+            return f"[llm_query limit reached: at most {self.limit} per rollout]"
+        self.outcome.sub_queries += 1
+        began = time.monotonic()
+        items: list[WireItem] = []
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        if self.depth > MAX_DEPTH:
+            answer = await self._completion([{"role": "user", "content": prompt}], items, usage)
+        else:
+            answer = await self._agent(prompt, items, usage)
+        seconds = time.monotonic() - began
+        if any(item.kind == "choice" for item in items):
+            self.outcome.histories.append(WireHistory(messages_and_choices=items))
+        self.calls.append(
+            {
+                "root_model": self.client.policy.inference_name,
+                "prompt": prompt,
+                "response": answer,
+                "usage_summary": dict(usage),
+                "execution_time": round(seconds, 4),
+                **usage,
+            }
+        )
+        return answer
+
+    async def _completion(
+        self, messages: list[dict[str, Any]], items: list[WireItem], usage: dict[str, int]
+    ) -> str:
+        if not items:
+            items.extend(WireItem(kind="message", data=m) for m in messages)
+        began = time.monotonic()
+        try:
+            completion = await self.client.complete(messages)
+        except ContextOverflow:
+            return "[llm_query: the conversation is too long]"
+        self.outcome.llm_time_s += time.monotonic() - began
+        self.count(completion)
+        usage["prompt_tokens"] += completion.prompt_tokens
+        usage["completion_tokens"] += completion.completion_tokens
+        items.append(WireItem(kind="choice", data=completion.choice))
+        messages.append({"role": "assistant", "content": completion.content})
+        return completion.content
+
+    async def _agent(self, prompt: str, items: list[WireItem], usage: dict[str, int]) -> str:
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": sub_agent_system_prompt()},
+            {"role": "user", "content": prompt},
+        ]
+        deeper = SubAgents(
+            self.client, self.outcome, self.limit, self.workdir, self.code_timeout_s,
+            self.max_output_chars, self.depth + 1,
+        )  # fmt: skip
+        repl = Repl(self.workdir, deeper, allow_finish=False, parent=self.repl)
+        deeper.repl = repl
+        reply = ""
+        try:
+            await repl.start()
+            for _ in range(SUB_AGENT_STEPS):
+                reply = await self._completion(messages, items, usage)
+                blocks = extract_code_blocks(reply)
+                if not blocks:
+                    return reply
+                outputs = []
+                for code in blocks:
+                    result = await repl.execute(code, self.code_timeout_s)
+                    outputs.append(truncate_middle(result.output, self.max_output_chars))
+                message = {"role": "user", "content": observation(outputs, NUDGE)}
+                messages.append(message)
+                items.append(WireItem(kind="message", data=message))
+        finally:
+            await repl.close()
+        return f"[the sub-agent gave no answer in {SUB_AGENT_STEPS} turns; its last reply]\n{reply}"
