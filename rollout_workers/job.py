@@ -27,6 +27,7 @@ from common.grading import GradeRequest
 from common.rewards import RewardInput, exact_match
 from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireTrajectory, decode, encode
 from grader.client import GraderClient
+from rollout_workers import policy
 from rollout_workers.policy import PolicyClient
 from rollout_workers.rollout import RolloutOutcome, run_rollout
 
@@ -36,9 +37,7 @@ log = logging.getLogger(__name__)
 def warm_up() -> None:
     """Pay one-time costs (TLS certificates, default prompt and reward modules) at start-up,
     not inside the first job's rollouts."""
-    from rollout_workers.policy import warm_up as warm_up_policy
-
-    warm_up_policy()
+    policy.warm_up()
     import_callable("common.prompts:r2e_system_prompt")
     import_callable("common.rewards:binary_test_reward")
 

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -40,8 +40,7 @@ class ExecResult:
     final_answer: str | None
     timed_out: bool = False
     restarted: bool = False
-    llm_seconds: float = 0.0
-    sub_queries: list[dict] = field(default_factory=list)
+    llm_seconds: float = 0.0  # spent answering llm_query: not the code's own time
 
 
 class Repl:
