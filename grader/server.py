@@ -97,17 +97,20 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, ValidationError) as exc:
             self._error(400, "bad_request", f"not a GradeRequest: {str(exc)[:500]}")
             return
-        with state.lock:
-            if state.waiting >= state.max_queued:
-                self._error(503, "busy", f"{state.waiting} gradings already waiting; retry later")
-                return
-            state.waiting += 1
         received = time.monotonic()
-        try:
-            state.slots.acquire()
-        finally:
+        if not state.slots.acquire(blocking=False):
             with state.lock:
-                state.waiting -= 1
+                if state.waiting >= state.max_queued:
+                    self._error(
+                        503, "busy", f"{state.waiting} gradings already waiting; retry later"
+                    )
+                    return
+                state.waiting += 1
+            try:
+                state.slots.acquire()
+            finally:
+                with state.lock:
+                    state.waiting -= 1
         try:
             with state.lock:
                 state.running += 1

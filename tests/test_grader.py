@@ -178,3 +178,47 @@ def test_a_restarted_grader_removes_what_a_crashed_one_left(fixture_tasks, tmp_p
         second.terminate()
         second.wait(30)
         sender.wait(30)
+
+
+def test_gradings_beyond_the_limit_wait_their_turn_or_are_turned_away(fixture_tasks) -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import ROOT, free_port
+
+    _, tasks = fixture_tasks
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    grader = subprocess.Popen(
+        [sys.executable, "-m", "grader", "--host", "127.0.0.1", "--port", str(port),
+         "--max-concurrent", "1", "--max-queued", "1", "--label", f"limit-{port}"],
+        cwd=ROOT, env={**os.environ, "GRADER_TOKEN": GRADER_TEST_TOKEN}, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def health() -> dict:
+        try:
+            return httpx.get(f"{url}/health", timeout=1).json()
+        except httpx.HTTPError:
+            return {}
+
+    reports: list[GradeReport] = []
+    try:
+        wait_for(health, 30, "the grader")
+        slow = request_for(tasks[0], HANG, timeout_s=4)
+        threads = [
+            threading.Thread(target=lambda: reports.append(grade(url, slow))) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: health().get("running") == 1 and health().get("waiting") == 1, 30,
+                 "one grading running and one waiting")  # fmt: skip
+        with pytest.raises(GraderError, match="503: busy"):
+            grade(url, request_for(tasks[0], ""))
+        for thread in threads:
+            thread.join(60)
+    finally:
+        grader.terminate()
+        grader.wait(30)
+    assert len(reports) == 2 and all(r.timed_out for r in reports)  # the waiting one ran too
