@@ -16,6 +16,7 @@ import pytest
 import yaml
 from redis import Redis
 from rq import Worker
+from rq.registry import FinishedJobRegistry
 
 from tests.conftest import REQUIRE_DOCKER_ENV, ROOT, free_port, wait_for
 
@@ -128,6 +129,14 @@ def test_compose_runs_training_with_scaled_workers_and_survives_a_stopped_worker
     for call in calls:
         assert len(call["groups"]) == 3 and all(g["size"] == 2 for g in call["groups"])
     assert len(Worker.all(connection=redis)) == 2  # the stopped worker left cleanly
+
+    # rq-dashboard reads the queue and the jobs themselves (it shares the jobs' serializer).
+    dashboard = f"http://127.0.0.1:{env['DASHBOARD_PORT']}/0/data"
+    queues = httpx.get(f"{dashboard}/queues.json", timeout=10).json()["queues"]
+    assert "rollouts" in {q["name"] for q in queues}
+    [job_id, *_] = FinishedJobRegistry("rollouts", connection=redis).get_job_ids()
+    job = httpx.get(f"{dashboard}/job/{job_id}.json", timeout=10).json()
+    assert job["id"] == job_id and "(step " in job["description"], job
 
 
 def _state(art: Path) -> dict | None:
