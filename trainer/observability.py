@@ -24,6 +24,9 @@ class WandbLogger:
             os.environ["WANDB_MODE"] = "disabled"
             return
         run_config = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
+        if not os.environ.get("WANDB_API_KEY"):
+            # An empty key (say, `WANDB_API_KEY=` in .env) is no key: ART would try it online.
+            os.environ.pop("WANDB_API_KEY", None)
         if "WANDB_API_KEY" in os.environ:
             try:
                 model.update_wandb_config(run_config)
