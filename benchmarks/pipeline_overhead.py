@@ -48,6 +48,7 @@ from rollout_workers.policy import PolicyClient  # noqa: E402
 from rollout_workers.rollout import run_rollout  # noqa: E402
 from tests.fakes.scripted_llm import ScriptedLLM  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
+from trainer.services import start_redis_server  # noqa: E402
 
 RUN_ID = "bench"
 
@@ -251,30 +252,9 @@ def main() -> None:
     args = parser.parse_args()
     workers = args.concurrency // args.group_size
     jobs = workers * args.waves
-    redis_dir = tempfile.mkdtemp()
-    port = 16399
-    redis = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            redis_dir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    redis_dir = Path(tempfile.mkdtemp())
+    redis, redis_url = start_redis_server(redis_dir, appendonly=False)
     try:
-        while True:
-            try:
-                Redis.from_url(redis_url).ping()
-                break
-            except Exception:
-                time.sleep(0.05)
         with ScriptedLLM(
             script=lambda messages, rng: "Nothing to run.", delay_s=args.delay_s
         ) as llm:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.diffs import file_diff
 from common.errors import GraderError
 from common.grading import GradeRequest
 from common.rewards import exact_match
@@ -26,15 +26,13 @@ def gold_patch(parsed_commit_content: str) -> str:
     """The fix commit's changes to non-test files as a unified diff."""
     commit = json.loads(parsed_commit_content)
     sections = []
-    for file_diff in commit.get("file_diffs", []):
-        path = file_diff["header"]["file"]["path"]
+    for entry in commit.get("file_diffs", []):
+        path = entry["header"]["file"]["path"]
         if path.startswith(("r2e_tests/", "tests/", "test/")) or "/test_" in f"/{path}":
             continue
-        old = (file_diff.get("old_file_content") or "").splitlines(keepends=True)
-        new = (file_diff.get("new_file_content") or "").splitlines(keepends=True)
-        body = "".join(difflib.unified_diff(old, new, f"a/{path}", f"b/{path}"))
-        if body:
-            sections.append(f"diff --git a/{path} b/{path}\n{body}")
+        old = (entry.get("old_file_content") or "").splitlines(keepends=True)
+        new = (entry.get("new_file_content") or "").splitlines(keepends=True)
+        sections.append(file_diff(path, old, new))
     return "".join(sections)
 
 

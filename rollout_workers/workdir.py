@@ -7,12 +7,12 @@ rollout under the system temp dir, named so the health monitor can reap strays. 
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from common.diffs import file_diff
 from common.errors import SandboxError
 from common.health import ROLLOUT_DIR_PREFIX
 from common.repo_cache import SKIPPED_PARTS, cached_repo
@@ -55,9 +55,7 @@ def _text_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def _read_lines(path: Path | None) -> list[str] | None:
-    if path is None:
-        return []
+def _read_lines(path: Path) -> list[str] | None:
     try:
         return path.read_text().splitlines(keepends=True)
     except (UnicodeDecodeError, OSError):
@@ -70,19 +68,9 @@ def diff_against(original: Path | None, workdir: Path) -> str:
     after = _text_files(workdir)
     sections = []
     for path in sorted(before.keys() | after.keys()):
-        old, new = _read_lines(before.get(path)), _read_lines(after.get(path))
-        if old is None or new is None or old == new:
-            continue
-        old_name = f"a/{path}" if path in before else "/dev/null"
-        new_name = f"b/{path}" if path in after else "/dev/null"
-        body = "".join(
-            line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-            for line in difflib.unified_diff(old, new, old_name, new_name)
-        )
-        mode = (
-            ""
-            if path in before and path in after
-            else ("new file mode 100644\n" if path in after else "deleted file mode 100644\n")
-        )
-        sections.append(f"diff --git a/{path} b/{path}\n{mode}{body}")
+        old = _read_lines(before[path]) if path in before else None
+        new = _read_lines(after[path]) if path in after else None
+        if (path in before and old is None) or (path in after and new is None):
+            continue  # binary or unreadable on one side: not part of a text diff
+        sections.append(file_diff(path, old, new))
     return "".join(sections)

@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,9 @@ os.environ.setdefault(
 
 from tests.dataset import write_r2e_jsonl
 from tests.fakes.scripted_llm import ScriptedLLM
+from trainer.services import free_port, start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(
@@ -50,39 +43,12 @@ def wait_for(
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: _pings(url), 10, "the test redis-server")
+    process, url = start_redis_server(tmp_path_factory.mktemp("redis"), appendonly=False)
     yield url
     process.terminate()
     process.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url).ping())
-    except Exception:
-        return False
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ class LocalServices:
 
     def start_grader(self) -> None:
         """The grading service beside the trainer, on a free loopback port with a fresh token."""
-        port = _free_port()
+        port = free_port()
         self.grader_token = secrets.token_hex(24)
         self.grader_process = subprocess.Popen(
             [sys.executable, "-m", "grader", "--host", "127.0.0.1", "--port", str(port)],
@@ -119,42 +119,35 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
         return LocalServices(redis_url)
     if _ping(DEFAULT_REDIS_URL):
         return LocalServices(DEFAULT_REDIS_URL)
+    directory = Path(data_dir) / "redis"
+    # Append-only persistence: results survive a crash of the trainer and of this Redis.
+    process, url = start_redis_server(directory, appendonly=True)
+    log.info("started a private redis-server at %s (data in %s)", url, directory)
+    return LocalServices(url, redis_process=process)
+
+
+def start_redis_server(directory: Path, appendonly: bool) -> tuple[subprocess.Popen, str]:
+    """A redis-server on a free loopback port, answering; (its process, its URL)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError(NO_REDIS)
-    port = _free_port()
-    directory = Path(data_dir) / "redis"
     directory.mkdir(parents=True, exist_ok=True)
-    # Append-only persistence: results survive a crash of the trainer and of this Redis.
+    port = free_port()
     process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory.resolve()),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
+         "--appendonly", "yes" if appendonly else "no", "--save", "",
+         "--maxmemory-policy", "noeviction"],
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while not _ping(url):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise ConfigError(
-                f"the private redis-server on port {port} did not start; pass --redis-url"
-            )
+            process.wait()
+            raise ConfigError(f"a redis-server on port {port} did not start; pass --redis-url")
         time.sleep(0.05)
-    log.info("started a private redis-server at %s (data in %s)", url, directory)
-    return LocalServices(url, redis_process=process)
+    return process, url
 
 
 def _terminate(processes: list[subprocess.Popen], timeout_s: float) -> None:
@@ -193,7 +186,7 @@ def _require_ping(url: str, flag: str) -> None:
         ) from exc
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
