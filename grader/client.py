@@ -14,6 +14,7 @@ import httpx
 
 from common.errors import GraderError
 from common.grading import TOKEN_ENV, GradeReport, GradeRequest
+from common.tls import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class GraderClient:
         self._client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
+            verify=tls_context(),
             timeout=httpx.Timeout(timeout_s, connect=10.0),
         )
 

@@ -8,17 +8,15 @@ loaded yet) are retried with exponential backoff, then raised as EndpointError.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import certifi
 import httpx
 
 from common.errors import EndpointError
+from common.tls import tls_context
 from common.wire import PolicyRef, RolloutLimits
 
 log = logging.getLogger(__name__)
@@ -42,15 +40,8 @@ class Completion:
         return (self.choice.get("message") or {}).get("content") or ""
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """Loading CA certificates costs ~20 ms: do it once per process, not once per job."""
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 def warm_up() -> None:
-    _tls_context()
-    httpx.AsyncClient(verify=_tls_context())  # first client builds httpx's lazy internals
+    httpx.AsyncClient(verify=tls_context())  # first client builds httpx's lazy internals
 
 
 class PolicyClient:
@@ -61,7 +52,7 @@ class PolicyClient:
         self._client = httpx.AsyncClient(
             base_url=policy.endpoint.rstrip("/"),
             headers=headers,
-            verify=_tls_context(),
+            verify=tls_context(),
             timeout=httpx.Timeout(limits.request_timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
