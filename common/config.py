@@ -233,20 +233,20 @@ class GraderConfig(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def _flag_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
-    """(parser, optional) for a field annotation."""
+def _flag_type(annotation: Any) -> Callable[[str], Any] | None:
+    """The parser of a numeric flag (`none` allowed where the field is optional), else None."""
     optional = False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional, annotation = True, args[0]
-    if annotation in (int, float):
-        base = annotation
+    if annotation not in (int, float):
+        return None
+    base = annotation
 
-        def parse(text: str) -> Any:
-            return None if optional and text.lower() == "none" else base(text)
+    def parse(text: str) -> Any:
+        return None if optional and text.lower() == "none" else base(text)
 
-        return parse, optional
-    return None, optional
+    return parse
 
 
 def build_parser(model_cls: type[BaseModel], prog: str) -> argparse.ArgumentParser:
@@ -258,17 +258,17 @@ def build_parser(model_cls: type[BaseModel], prog: str) -> argparse.ArgumentPars
         default = getattr(defaults, name)
         if callable(default):
             default = callable_path(default)
-        kwargs: dict[str, Any] = {"help": field.description, "default": argparse.SUPPRESS}
+        # SUPPRESS keeps unset flags out of the result, so a --config file can set them.
+        kwargs: dict[str, Any] = {
+            "help": f"{field.description} (default: {default})".replace("%", "%%"),
+            "default": argparse.SUPPRESS,
+        }
         if field.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(field.annotation) is Literal:
             kwargs["choices"] = typing.get_args(field.annotation)
-        else:
-            parse, _ = _flag_type(field.annotation)
-            if parse is not None:
-                kwargs["type"] = parse
-        # SUPPRESS keeps unset flags out of the result, so a --config file can set them.
-        kwargs["help"] = f"{field.description} (default: {default})".replace("%", "%%")
+        elif (parse := _flag_type(field.annotation)) is not None:
+            kwargs["type"] = parse
         parser.add_argument(flag, **kwargs)
     return parser
 
