@@ -48,40 +48,29 @@ class Dispatcher:
         enqueue_group(self.queue, job, self.job_timeout_s, self.job_retries)
         return True
 
-    def requeue_abandoned(self, job_ids: list[str]) -> int:
-        """Requeue started jobs whose worker stopped renewing the lease. Returns how many."""
-        count = 0
+    def watch(self, job_ids: list[str]) -> dict[str, ErrorInfo]:
+        """One pass over running jobs: requeue those whose worker stopped renewing the lease,
+        and return those that crashed with no retries left, with the error they died of."""
+        failed = {}
         now = time.time()
         for job_id in job_ids:
             job = self._fetch(job_id)
-            if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
-                continue
-            started = job.started_at.timestamp() if job.started_at else now
-            if now - started < self.lease_ttl_s or self.queue.connection.exists(
-                keys.job_lease(job_id)
-            ):
-                continue
-            log.warning("job %s lost its worker %s; requeueing", job_id, job.worker_name)
-            requeue_started_job(self.queue, job)
-            count += 1
-        self.requeued += count
-        return count
-
-    def failed_for_good(self, job_ids: list[str]) -> dict[str, ErrorInfo]:
-        """Jobs that crashed and have no retries left, with the error they died of."""
-        failed = {}
-        for job_id in job_ids:
-            job = self._fetch(job_id)
-            if job is None or job.get_status(refresh=False) not in (
-                JobStatus.FAILED,
-                JobStatus.STOPPED,
-            ):
-                continue
-            latest = job.latest_result()
-            message = (latest.exc_string if latest else None) or "job failed without a traceback"
-            failed[job_id] = ErrorInfo(
-                type="JobFailed", message=message.strip().splitlines()[-1], traceback=message
-            )
+            status = job.get_status(refresh=False) if job is not None else None
+            if job is not None and status == JobStatus.STARTED:
+                started = job.started_at.timestamp() if job.started_at else now
+                lease = self.queue.connection.exists(keys.job_lease(job_id))
+                if now - started >= self.lease_ttl_s and not lease:
+                    log.warning("job %s lost its worker %s; requeueing", job_id, job.worker_name)
+                    requeue_started_job(self.queue, job)
+                    self.requeued += 1
+            elif job is not None and status in (JobStatus.FAILED, JobStatus.STOPPED):
+                latest = job.latest_result()
+                message = (
+                    latest.exc_string if latest else None
+                ) or "job failed without a traceback"
+                failed[job_id] = ErrorInfo(
+                    type="JobFailed", message=message.strip().splitlines()[-1], traceback=message
+                )
         return failed
 
     def _fetch(self, job_id: str) -> Job | None:

@@ -283,8 +283,7 @@ class StepRunner:
                 next_watch = now + self.config.lease_ttl_s / 2
                 self.services.check()
                 running = [job.job_id for job in in_flight.values()]
-                await asyncio.to_thread(self.dispatcher.requeue_abandoned, running)
-                failed = await asyncio.to_thread(self.dispatcher.failed_for_good, running)
+                failed = await asyncio.to_thread(self.dispatcher.watch, running)
                 for job in in_flight.values():
                     if job.job_id in failed:
                         log.error(
