@@ -70,18 +70,26 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def download_wheels() -> Path:
-    """pytest and its dependencies as wheels on the host: pip inside a container has no network."""
+    """pytest and its dependencies as wheels on the host: pip inside a container has no network.
+
+    pip comes from uv's own tool environment: the project venv (made by uv) has none, and the
+    machine's `python3` under `uv run` is that venv. The wheels are chosen for the image's Python
+    (Debian bookworm: CPython 3.11), not the host's."""
     WHEELS_DIR.mkdir(parents=True, exist_ok=True)
     if not any(WHEELS_DIR.glob("pytest-8*.whl")):
-        # The host's pip (the project venv, made by uv, has none).
         _run(
             [
-                "python3",
-                "-m",
+                "uv",
+                "tool",
+                "run",
+                "--quiet",
                 "pip",
                 "download",
                 "--quiet",
+                "--disable-pip-version-check",
                 "--only-binary=:all:",
+                "--python-version",
+                "3.11",
                 "--dest",
                 str(WHEELS_DIR),
                 PYTEST_REQUIREMENT,
