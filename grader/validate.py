@@ -30,8 +30,8 @@ def gold_patch(parsed_commit_content: str) -> str:
         path = entry["header"]["file"]["path"]
         if path.startswith(("r2e_tests/", "tests/", "test/")) or "/test_" in f"/{path}":
             continue
-        old = (entry.get("old_file_content") or "").splitlines(keepends=True)
-        new = (entry.get("new_file_content") or "").splitlines(keepends=True)
+        old = (entry.get("old_file_content") or "").encode()
+        new = (entry.get("new_file_content") or "").encode()
         sections.append(file_diff(path, old, new))
     return "".join(sections)
 

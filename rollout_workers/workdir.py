@@ -2,13 +2,14 @@
 
 The copy comes from the repo cache (`python -m producer.repo_cache`), one fresh directory per
 rollout under the system temp dir, named so the health monitor can reap strays. The diff is a
-`git diff`-style unified diff of text files against the cached copy, paths relative to the repo.
+`git diff --binary`-style diff against the cached copy, paths relative to the repo.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -44,33 +45,49 @@ def make_working_copy(cache_dir: str, instance_id: str) -> tuple[Path, Path | No
     return workdir, source
 
 
-def _text_files(root: Path) -> dict[str, Path]:
+def _regular_files(root: Path) -> dict[str, Path]:
+    """Regular files under `root` by relative path, found without following a symlink: a link,
+    FIFO or device the agent made is never opened (a FIFO would block the read forever)."""
     files = {}
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part in SKIPPED_PARTS for part in relative.parts) or path.suffix == ".pyc":
-            continue
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= _MAX_DIFFED_BYTES:
-            files[relative.as_posix()] = path
+    for directory, subdirs, names in os.walk(root, followlinks=False):
+        subdirs[:] = [name for name in subdirs if name not in SKIPPED_PARTS]
+        for name in names:
+            path = Path(directory, name)
+            try:
+                regular = stat.S_ISREG(path.lstat().st_mode)
+            except OSError:
+                continue
+            if name.endswith(".pyc") or not regular:
+                continue
+            files[path.relative_to(root).as_posix()] = path
     return files
 
 
-def _read_lines(path: Path) -> list[str] | None:
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or None when it is too large to be source or cannot be read."""
     try:
-        return path.read_text().splitlines(keepends=True)
-    except (UnicodeDecodeError, OSError):
-        return None  # binary or unreadable: not part of a text diff
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_DIFFED_BYTES:
+            return None  # swapped for something else since listed, or data rather than source
+        return file.read(_MAX_DIFFED_BYTES + 1)
 
 
 def diff_against(original: Path | None, workdir: Path) -> str:
-    """Unified diff (`diff --git a/p b/p` sections) turning `original` into `workdir`."""
-    before = _text_files(original) if original is not None else {}
-    after = _text_files(workdir)
+    """A `git diff --binary`-style diff turning `original` into `workdir`, paths relative to the
+    repository. Bytes throughout: CRLF, odd line separators, non-UTF-8 content and non-UTF-8
+    names all give a diff `git apply` reproduces byte for byte (common/diffs.py)."""
+    before = _regular_files(original) if original is not None else {}
+    after = _regular_files(workdir)
     sections = []
     for path in sorted(before.keys() | after.keys()):
-        old = _read_lines(before[path]) if path in before else None
-        new = _read_lines(after[path]) if path in after else None
+        old = _read(before[path]) if path in before else None
+        new = _read(after[path]) if path in after else None
         if (path in before and old is None) or (path in after and new is None):
-            continue  # binary or unreadable on one side: not part of a text diff
-        sections.append(file_diff(path, old, new))
+            continue  # too large or unreadable on one side: leave the file as it was
+        # Path.as_posix keeps undecodable name bytes as surrogates; fsencode restores them.
+        sections.append(file_diff(os.fsencode(path), old, new))
     return "".join(sections)
