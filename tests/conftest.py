@@ -245,3 +245,14 @@ def grader_containers(label: str) -> list[str]:
         text=True,
     )
     return listed.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def repo_cache(fixture_tasks, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture tasks' repo cache, filled once per session."""
+    from producer.repo_cache import fill_cache
+
+    dataset, _ = fixture_tasks
+    cache = tmp_path_factory.mktemp("repo-cache")
+    fill_cache(str(dataset), "train", cache)
+    return cache
