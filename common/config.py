@@ -134,6 +134,21 @@ class ExperimentConfig(BaseModel):
     )
     retry_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles each try")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one policy request")
+    rollout_deadline_s: int | None = Field(
+        None,
+        ge=1,
+        description="A rollout not arrived this long after its job started is rerun alone; "
+        "unset: --job-timeout-s",
+    )
+    rollout_reruns: int = Field(
+        2, ge=0, description="Reruns of a rollout that never arrived, before it counts as failed"
+    )
+    redis_outage_s: float = Field(
+        60.0, gt=0, description="A Redis outage this long is ridden out; longer ends the process"
+    )
+    keys_ttl_days: float = Field(
+        3.0, gt=0, description="A finished run's Redis keys expire after this many days"
+    )
     local_workers: int = Field(
         0, ge=0, description="Rollout worker processes to start beside the trainer"
     )
@@ -202,6 +217,9 @@ class WorkerConfig(BaseModel):
         "redis://localhost:6379/0", description="Redis URL of the trainer's queue"
     )
     queue_name: str = Field("rollouts", description="RQ queue to take rollout jobs from")
+    redis_outage_s: float = Field(
+        60.0, gt=0, description="A Redis outage this long is ridden out; longer ends the worker"
+    )
     worker_name: str | None = Field(None, description="Worker name; unset: host and pid")
     burst: bool = Field(False, description="Exit when the queue is empty (for batch jobs)")
     health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")

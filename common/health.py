@@ -1,5 +1,8 @@
-"""Health monitor: child processes, /tmp usage and stale rollout directories, checked every
-`health_check_interval` seconds in a background thread. It warns and reaps; it never stops a run."""
+"""Health monitor: child processes, /tmp usage and abandoned rollout directories, checked every
+`health_check_interval` seconds in a background thread. It warns and reaps; it never stops a run.
+
+A rollout directory is named after the worker process that owns it (`rlm-rollout-<pid>-...`,
+see `rollout_workers.workdir`); it is reaped only once that process is gone."""
 
 from __future__ import annotations
 
@@ -76,7 +79,7 @@ class HealthMonitor:
         reaped = 0
         for path in rollout_dirs:
             try:
-                if now - path.stat().st_mtime > self.stale_after_s:
+                if self._abandoned(path, now):
                     shutil.rmtree(path, ignore_errors=True)
                     reaped += 1
             except FileNotFoundError:
@@ -105,11 +108,29 @@ class HealthMonitor:
             except Exception:
                 log.exception("health check failed")
 
+    def _abandoned(self, path: Path, now: float) -> bool:
+        """A rollout dir whose owner (the worker process named in it) is gone. A live rollout
+        is never reaped, however long it runs; a dir not naming its owner goes when stale."""
+        owner = owner_pid(path.name)
+        if owner is None:
+            return now - path.stat().st_mtime > self.stale_after_s
+        try:
+            # A pid reused by a process started after the dir was made is not its owner.
+            return psutil.Process(owner).create_time() > path.stat().st_ctime + 1
+        except psutil.NoSuchProcess:
+            return True
+
     def _list_tmp(self) -> list[Path]:
         try:
             return [p for p in self.tmp_dir.iterdir() if p.is_dir()]
         except OSError:
             return []
+
+
+def owner_pid(name: str) -> int | None:
+    """The worker pid in a rollout dir's name (`rlm-rollout-<pid>-<random>`), else None."""
+    head = name.removeprefix(ROLLOUT_DIR_PREFIX).split("-", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 def _tree_size(path: Path) -> int:

@@ -12,6 +12,28 @@ def job_id(run_id: str, step: int, group_index: int) -> str:
     return f"{run_id}-s{step:06d}-g{group_index:04d}"
 
 
+def attempt_job_id(job_id: str, attempt: int) -> str:
+    """RQ job id of one attempt at a group: the group's id, then `-a<n>` for each rerun of
+    rollouts that never arrived."""
+    return job_id if attempt == 0 else f"{job_id}-a{attempt}"
+
+
+def run_job_pattern(run_id: str) -> str:
+    """Glob of every RQ job hash of a run (for the finished run's expiry)."""
+    return f"rq:job:{run_id}-s*"
+
+
+def run_key_patterns(run_id: str) -> list[str]:
+    """Globs of every key a run leaves in Redis, for expiring them once it is finished."""
+    return [
+        f"{PREFIX}:{run_id}:*",
+        f"{PREFIX}:posted:{run_id}-s*",
+        f"{PREFIX}:lease:{run_id}-s*",
+        run_job_pattern(run_id),
+        f"rq:results:{run_id}-s*",
+    ]
+
+
 def rollout_id(job_id: str, rollout_index: int) -> str:
     """Deterministic id of one rollout; the trainer deduplicates on it."""
     return f"{job_id}-r{rollout_index:03d}"

@@ -16,9 +16,10 @@ from typing import Any, Literal, TypeVar
 import msgpack
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from common import keys
 from common.errors import WireError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
 
 
 class _Wire(BaseModel):
@@ -85,6 +86,19 @@ class RolloutJob(_Wire):
     lease_ttl_s: int
     log_sample_rate: float = 0.0  # fraction of rollouts that send back a visualizer log
     enqueued_at: float
+    attempt: int = 0  # 0: the group's first job; n: the n-th rerun of rollouts that never arrived
+    rollout_indexes: list[int] | None = None  # None: every rollout of the group
+
+    @property
+    def rq_job_id(self) -> str:
+        """The RQ job id of this attempt (its lease and posted set are keyed by it)."""
+        return keys.attempt_job_id(self.job_id, self.attempt)
+
+    @property
+    def indexes(self) -> list[int]:
+        if self.rollout_indexes is None:
+            return list(range(self.rollouts_per_group))
+        return list(self.rollout_indexes)
 
 
 class WireItem(_Wire):

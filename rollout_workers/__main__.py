@@ -19,14 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, WorkerConfig, prog="python -m rollout_workers")
     setup_logging()
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from rq import Queue
 
     from common.health import HealthMonitor
-    from common.queue import connect
+    from common.queue import SERIALIZER, connect, rollout_queue
     from rollout_workers.job import warm_up
     from rollout_workers.worker import RolloutWorker
 
-    connection = connect(config.redis_url)
+    connection = connect(config.redis_url, config.redis_outage_s)
     try:
         connection.ping()
     except RedisConnectionError as exc:
@@ -44,10 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
     worker = RolloutWorker(
-        [Queue(config.queue_name, connection=connection)], connection=connection, name=name
+        [rollout_queue(config.queue_name, connection)],
+        connection=connection,
+        name=name,
+        serializer=SERIALIZER,
     )
     try:
         worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
+    except RedisConnectionError as exc:
+        logging.getLogger(__name__).error(
+            "Redis at %s unreachable for more than %.0fs (%s); worker stopped",
+            config.redis_url, config.redis_outage_s, exc,
+        )  # fmt: skip
+        return 3
     finally:
         monitor.stop()
     return 0

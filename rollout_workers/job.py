@@ -1,8 +1,11 @@
-"""The RQ job function: run one scenario group's rollouts concurrently, post each as it ends.
+"""The RQ job function: run one attempt at a scenario group's rollouts concurrently, post each
+as it ends.
 
-While the job runs, a thread renews its lease in Redis; if the worker dies the lease expires and
-the trainer requeues the job. Rollouts already posted by an earlier attempt are skipped. An
-infrastructure failure that outlives its retries is posted as a failed rollout, never as reward 0.
+While the job runs, a thread renews its lease in Redis under a token of its own; if the worker
+dies the lease expires and the trainer requeues the job, and a late copy of a requeued job never
+deletes the lease of the live one. Rollouts already posted by an earlier run of the same job are
+skipped. An infrastructure failure that outlives its retries is posted as a failed rollout, never
+as reward 0.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 
 from redis import Redis
@@ -24,8 +28,9 @@ from common import keys
 from common.config import import_callable
 from common.errors import INFRASTRUCTURE_ERRORS, SandboxError
 from common.grading import GradeRequest
+from common.queue import read_job_argument
 from common.rewards import RewardInput, exact_match
-from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireTrajectory, decode, encode
+from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireTrajectory, encode
 from grader.client import GraderClient
 from rollout_workers import policy
 from rollout_workers.policy import PolicyClient
@@ -42,11 +47,11 @@ def warm_up() -> None:
     import_callable("common.rewards:binary_test_reward")
 
 
-def run_rollout_group(envelope: bytes) -> dict[str, int]:
+def run_rollout_group(argument: str) -> dict[str, int]:
     """Entry point RQ calls. Returns counts for rq-dashboard; results go to the stream."""
-    job = decode(envelope, RolloutJob)
+    job = read_job_argument(argument)
     connection = get_current_job().connection
-    lease = _Lease(connection, job.job_id, job.lease_ttl_s)
+    lease = Lease(connection, job.rq_job_id, job.lease_ttl_s)
     lease.start()
     try:
         return asyncio.run(_run_group(connection, job))
@@ -55,11 +60,11 @@ def run_rollout_group(envelope: bytes) -> dict[str, int]:
 
 
 async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
-    posted = {int(i) for i in connection.smembers(keys.posted_rollouts(job.job_id))}
-    todo = [i for i in range(job.rollouts_per_group) if i not in posted]
+    posted = {int(i) for i in connection.smembers(keys.posted_rollouts(job.rq_job_id))}
+    todo = [i for i in job.indexes if i not in posted]
     if posted:
         log.info(
-            "job %s: %d rollouts already posted, running %d", job.job_id, len(posted), len(todo)
+            "job %s: %d rollouts already posted, running %d", job.rq_job_id, len(posted), len(todo)
         )
     system_prompt = import_callable(job.system_prompt_fn)()
     reward_fn = import_callable(job.reward_fn)
@@ -212,28 +217,42 @@ def post_result(connection: Redis, job: RolloutJob, result: RolloutResult) -> No
     """Append to the results stream and mark the rollout posted, in one transaction."""
     with connection.pipeline(transaction=True) as pipe:
         pipe.xadd(job.results_stream, {"data": encode(result)})
-        pipe.sadd(keys.posted_rollouts(job.job_id), result.rollout_index)
-        pipe.expire(keys.posted_rollouts(job.job_id), 7 * 24 * 3600)
+        pipe.sadd(keys.posted_rollouts(job.rq_job_id), result.rollout_index)
+        pipe.expire(keys.posted_rollouts(job.rq_job_id), 7 * 24 * 3600)
         pipe.execute()
 
 
-class _Lease(threading.Thread):
-    """Renews `keys.job_lease(job_id)` every ttl/3 seconds until stopped."""
+# Renew or delete the lease only while it still holds this execution's token.
+_RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2]) end return 0"""
+_RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1]) end return 0"""
+
+
+class Lease(threading.Thread):
+    """Holds `keys.job_lease(job_id)` with a per-execution token, renewed every ttl/3 seconds
+    until stopped. Once it has expired (this worker froze and the job was requeued) it is never
+    taken back, and release deletes it only while it is still ours."""
 
     def __init__(self, connection: Redis, job_id: str, ttl_s: int) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.connection, self.key, self.ttl_s = connection, keys.job_lease(job_id), ttl_s
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self._stopped = threading.Event()
-        self.connection.set(self.key, socket.gethostname(), ex=ttl_s)
+        self._renew = connection.register_script(_RENEW)
+        self._release = connection.register_script(_RELEASE)
+        self.connection.set(self.key, self.token, ex=ttl_s)
 
     def run(self) -> None:
         while not self._stopped.wait(self.ttl_s / 3):
             try:
-                self.connection.set(self.key, socket.gethostname(), ex=self.ttl_s)
+                if not self._renew(keys=[self.key], args=[self.token, self.ttl_s]):
+                    log.warning("lease %s is no longer ours; the job was requeued", self.key)
+                    return
             except Exception:
                 log.exception("lease renewal failed")
 
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
-        self.connection.delete(self.key)
+        self._release(keys=[self.key], args=[self.token])

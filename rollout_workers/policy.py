@@ -2,7 +2,9 @@
 
 The raw `choices[0]` JSON of each response is returned untouched: the trainer rebuilds the
 `Choice` objects ART trains on. Infrastructure errors (connection, timeout, 5xx, 429, model not
-loaded yet) are retried with exponential backoff, then raised as EndpointError.
+loaded yet) and responses the trainer could not train on (an unknown finish_reason such as vLLM's
+"abort", no logprobs, bad JSON) are retried with exponential backoff, then raised as
+EndpointError.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 SLEEPING_HEADER = "X-Policy-Sleeping"  # set by the trainer's gateway while it trains
 
 
+# What the trainer can train on (OpenAI's values); vLLM answers "abort" for aborted requests.
+TRAINABLE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
+
+
 class ContextOverflow(Exception):
     """The endpoint refused the prompt as too long: a model outcome, never retried."""
 
@@ -38,6 +44,30 @@ class Completion:
     @property
     def content(self) -> str:
         return (self.choice.get("message") or {}).get("content") or ""
+
+
+def check_choice(choice: Any) -> None:
+    """Raise EndpointError unless `choice` is one the trainer can rebuild and train on: a known
+    finish_reason, an assistant message, and logprobs for every token. Checked before the
+    rollout goes on, so a bad response is retried, never posted."""
+    if not isinstance(choice, dict):
+        raise EndpointError(f"policy returned a choice that is not an object: {choice!r:.200}")
+    reason = choice.get("finish_reason")
+    if reason not in TRAINABLE_FINISH_REASONS:
+        raise EndpointError(f"policy finished with finish_reason {reason!r}: not trainable")
+    message = choice.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
+        raise EndpointError("policy returned a choice without an assistant message")
+    content = (choice.get("logprobs") or {}).get("content")
+    if not isinstance(content, list) or not content:
+        raise EndpointError("policy returned a choice without logprobs")
+    for token in content:
+        if not (
+            isinstance(token, dict)
+            and isinstance(token.get("token"), str)
+            and isinstance(token.get("logprob"), int | float)
+        ):
+            raise EndpointError(f"policy returned a malformed logprob entry: {token!r:.200}")
 
 
 def warm_up() -> None:
@@ -105,6 +135,7 @@ class PolicyClient:
             usage = payload.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EndpointError(f"policy returned a malformed completion: {exc!r}") from exc
+        check_choice(choice)
         return Completion(
             choice=choice,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),

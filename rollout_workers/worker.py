@@ -17,10 +17,9 @@ import tempfile
 from types import FrameType
 
 import psutil
-from rq import Queue
 from rq.worker import SimpleWorker
 
-from common.queue import requeue_started_job
+from common.queue import requeue_started_job, rollout_queue
 from rollout_workers.workdir import rollout_dir_prefix
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ class RolloutWorker(SimpleWorker):
             job.id,
         )
         try:
-            requeue_started_job(Queue(job.origin, connection=self.connection), job)
+            requeue_started_job(rollout_queue(job.origin, self.connection), job)
         finally:
             _kill_children()
             for path in glob.glob(os.path.join(tempfile.gettempdir(), rollout_dir_prefix() + "*")):

@@ -14,21 +14,26 @@ import pytest
 from common.health import ROLLOUT_DIR_PREFIX, HealthMonitor
 
 
-def test_stale_rollout_dirs_are_reaped_and_fresh_ones_kept(tmp_path: Path) -> None:
-    stale = tmp_path / f"{ROLLOUT_DIR_PREFIX}old"
-    fresh = tmp_path / f"{ROLLOUT_DIR_PREFIX}new"
+def test_only_rollout_dirs_whose_worker_is_gone_are_reaped(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / f"{ROLLOUT_DIR_PREFIX}{dead.pid}-abc"
+    live_and_old = tmp_path / f"{ROLLOUT_DIR_PREFIX}{os.getpid()}-def"  # a rollout > 1 h
+    unnamed_stale = tmp_path / f"{ROLLOUT_DIR_PREFIX}old"
+    unnamed_fresh = tmp_path / f"{ROLLOUT_DIR_PREFIX}new"
     other = tmp_path / "not-a-rollout"
-    for path in (stale, fresh, other):
+    for path in (abandoned, live_and_old, unnamed_stale, unnamed_fresh, other):
         path.mkdir()
         (path / "f.txt").write_text("x" * 1000)
     hours_ago = time.time() - 7200
-    os.utime(stale, (hours_ago, hours_ago))
-    os.utime(other, (hours_ago, hours_ago))
+    for path in (live_and_old, unnamed_stale, other):
+        os.utime(path, (hours_ago, hours_ago))
 
     report = HealthMonitor(60, 256, 50, tmp_dir=str(tmp_path)).check()
 
-    assert report.stale_dirs_reaped == 1 and report.rollout_dirs == 1
-    assert not stale.exists() and fresh.exists() and other.exists()
+    assert report.stale_dirs_reaped == 2 and report.rollout_dirs == 2
+    assert not abandoned.exists() and not unnamed_stale.exists()
+    assert live_and_old.exists() and unnamed_fresh.exists() and other.exists()
     assert report.summary().startswith("procs=")
 
 

@@ -13,6 +13,7 @@ from openai.types.chat.chat_completion import Choice
 
 from common.errors import WireError
 from common.wire import (
+    SCHEMA_VERSION,
     GradingSpec,
     PolicyRef,
     RolloutJob,
@@ -172,7 +173,7 @@ def _job() -> RolloutJob:
 )
 def test_golden_bytes(name: str, message: RolloutJob | RolloutResult) -> None:
     """The bytes on the wire change only on purpose (then bump SCHEMA_VERSION and the fixture)."""
-    golden = (FIXTURES / f"{name}.v1.msgpack").read_bytes()
+    golden = (FIXTURES / f"{name}.v{SCHEMA_VERSION}.msgpack").read_bytes()
     assert encode(message) == golden
     assert decode(golden, type(message)) == message
 
@@ -182,10 +183,13 @@ def test_golden_bytes(name: str, message: RolloutJob | RolloutResult) -> None:
     [
         (b"\xc1", "not a msgpack envelope"),
         (msgpack.packb([1, 2]), "exactly v, type and body"),
-        (msgpack.packb({"v": 2, "type": "rollout_result", "body": {}}), "schema version 2"),
-        (msgpack.packb({"v": 1, "type": "rollout_job", "body": {}}), "expected a rollout_result"),
+        (msgpack.packb({"v": 99, "type": "rollout_result", "body": {}}), "schema version 99"),
         (
-            msgpack.packb({"v": 1, "type": "rollout_result", "body": {"step": "x"}}),
+            msgpack.packb({"v": SCHEMA_VERSION, "type": "rollout_job", "body": {}}),
+            "expected a rollout_result",
+        ),
+        (
+            msgpack.packb({"v": SCHEMA_VERSION, "type": "rollout_result", "body": {"step": "x"}}),
             "broken rollout_result",
         ),
     ],
@@ -206,4 +210,5 @@ def test_unencodable_values_raise_a_wire_error() -> None:
 def test_unknown_fields_are_rejected() -> None:
     body = _result(None).model_dump() | {"surprise": 1}
     with pytest.raises(WireError, match="surprise"):
-        decode(msgpack.packb({"v": 1, "type": "rollout_result", "body": body}), RolloutResult)
+        envelope = {"v": SCHEMA_VERSION, "type": "rollout_result", "body": body}
+        decode(msgpack.packb(envelope), RolloutResult)

@@ -1,15 +1,17 @@
 """Reads finished rollouts from the results stream through a Redis consumer group.
 
 After a restart the trainer first re-reads the entries delivered to it but never acknowledged,
-then new ones. Entries are acknowledged by the loop only once the step that used them is
-checkpointed. A message that does not decode is copied to the dead-letter stream with the
-reason, logged, and acknowledged: kept for inspection, never crashing the trainer.
+then new ones. Entries are acknowledged, and deleted from the stream, by the loop only once the
+step that used them is checkpointed. A message that does not decode, or whose trajectory cannot
+be rebuilt into ART's types, is quarantined: copied to the dead-letter stream with the reason,
+logged, acknowledged and deleted. When the message names its rollout, the loop reruns it. One
+bad entry never stops the trainer.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.exceptions import ResponseError
@@ -17,14 +19,33 @@ from redis.exceptions import ResponseError
 from common import keys
 from common.errors import WireError
 from common.wire import RolloutResult, decode
+from trainer.trajectories import to_art_trajectory
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTERS_KEPT = 10_000  # the dead-letter stream is capped at about this many entries
 
 
 @dataclass(frozen=True)
 class Received:
     entry_id: str
     result: RolloutResult
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A quarantined result that named its rollout, so it can be rerun."""
+
+    step: int
+    group_index: int
+    rollout_index: int
+    reason: str
+
+
+@dataclass
+class Polled:
+    received: list[Received] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 class ResultCollector:
@@ -40,7 +61,7 @@ class ResultCollector:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def poll(self, block_ms: int, count: int = 256) -> list[Received]:
+    def poll(self, block_ms: int, count: int = 256) -> Polled:
         """Entries not yet acknowledged: our backlog first, then new ones (waiting block_ms)."""
         if self._backlog_cursor is not None:
             entries = self._read(self._backlog_cursor, count, block_ms=None)
@@ -50,17 +71,30 @@ class ResultCollector:
                 self._backlog_cursor = None
         else:
             entries = self._read(">", count, block_ms=block_ms)
-        received = []
+        polled = Polled()
         for entry_id, fields in entries:
             try:
-                received.append(Received(entry_id, decode(fields.get(b"data", b""), RolloutResult)))
+                result = decode(fields.get(b"data", b""), RolloutResult)
             except WireError as exc:
-                self._dead_letter(entry_id, fields, exc)
-        return received
+                self._dead_letter(entry_id, fields, str(exc))
+                continue
+            problem = _unrebuildable(result)
+            if problem is None:
+                polled.received.append(Received(entry_id, result))
+                continue
+            self._dead_letter(entry_id, fields, problem)
+            polled.rejected.append(
+                Rejected(result.step, result.group_index, result.rollout_index, problem)
+            )
+        return polled
 
     def ack(self, entry_ids: list[str]) -> None:
+        """Acknowledge entries and delete them from the stream: their step is checkpointed."""
         if entry_ids:
-            self.connection.xack(self.stream, keys.TRAINER_GROUP, *entry_ids)
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.xack(self.stream, keys.TRAINER_GROUP, *entry_ids)
+                pipe.xdel(self.stream, *entry_ids)
+                pipe.execute()
 
     def _read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         reply = self.connection.xreadgroup(
@@ -71,22 +105,39 @@ class ResultCollector:
             block=block_ms,
         )
         entries = reply[0][1] if reply else []
+        # An entry deleted while pending comes back without fields: acknowledge it away.
+        gone = [_text(entry_id) for entry_id, fields in entries if fields is None]
+        if gone:
+            self.connection.xack(self.stream, keys.TRAINER_GROUP, *gone)
         return [(_text(entry_id), fields) for entry_id, fields in entries if fields is not None]
 
-    def _dead_letter(self, entry_id: str, fields: dict, error: WireError) -> None:
+    def _dead_letter(self, entry_id: str, fields: dict, error: str) -> None:
         self.dead_letters += 1
         log.error("result %s rejected and kept in %s: %s", entry_id, self.dead_letter_stream, error)
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.dead_letter_stream,
-                {
-                    "source_id": entry_id,
-                    "error": str(error)[:2000],
-                    **{k: v for k, v in fields.items()},
-                },
+                {"source_id": entry_id, "error": error[:2000], **dict(fields)},
+                maxlen=DEAD_LETTERS_KEPT,
+                approximate=True,
             )
             pipe.xack(self.stream, keys.TRAINER_GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
             pipe.execute()
+
+
+def _unrebuildable(result: RolloutResult) -> str | None:
+    """Why an ok result's trajectory cannot become ART's types (so it cannot train), or None."""
+    if result.status != "ok":
+        return None
+    if result.trajectory is None:
+        return "an ok result without a trajectory"
+    try:
+        to_art_trajectory(result.trajectory)
+    except Exception as exc:  # pydantic, or anything ART's constructors raise
+        first = str(exc).strip().splitlines()[:3]
+        return f"trajectory cannot be rebuilt: {type(exc).__name__}: {' '.join(first)}"
+    return None
 
 
 def _text(value: bytes | str) -> str:

@@ -20,7 +20,7 @@ from trainer.trajectories import to_art_trajectory
 
 @dataclass
 class StepResults:
-    """Everything received for one step, deduplicated by rollout id (the first copy wins)."""
+    """Everything received for one step, deduplicated by rollout id (the first ok copy wins)."""
 
     step: int
     groups: int
@@ -30,20 +30,34 @@ class StepResults:
     duplicates: int = 0
 
     def add(self, entry_id: str, result: RolloutResult) -> bool:
-        """Record a result; False when it is a duplicate of one already held."""
+        """Record a result; False when it is a duplicate of one already held. An ok copy
+        replaces a failed one (a job that ran twice may have failed once)."""
         self.entry_ids.append(entry_id)
         group = self.results.setdefault(result.group_index, {})
-        if result.rollout_index in group:
+        held = group.get(result.rollout_index)
+        if held is not None:
             self.duplicates += 1
+            if held.status == "failed" and result.status == "ok":
+                group[result.rollout_index] = result
+                return True
             return False
         group[result.rollout_index] = result
         return True
 
+    def missing(self, group_index: int) -> list[int]:
+        """Rollout indexes of the group that have not reported yet."""
+        group = self.results.get(group_index, {})
+        return [i for i in range(self.rollouts_per_group) if i not in group]
+
     def fail_missing(self, group_index: int, error: ErrorInfo) -> None:
         """A job that died for good: its rollouts that never reported count as failed."""
+        for index in self.missing(group_index):
+            self.fail_rollout(group_index, index, error)
+
+    def fail_rollout(self, group_index: int, index: int, error: ErrorInfo) -> None:
+        """A rollout that never arrived, after its reruns: failed, with the reason."""
         group = self.results.setdefault(group_index, {})
-        for index in range(self.rollouts_per_group):
-            group.setdefault(index, _failed_placeholder(self.step, group_index, index, error))
+        group.setdefault(index, _failed_placeholder(self.step, group_index, index, error))
 
     def group_complete(self, group_index: int) -> bool:
         return len(self.results.get(group_index, {})) == self.rollouts_per_group

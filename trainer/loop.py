@@ -15,7 +15,6 @@ run_training(config)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -25,30 +24,28 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from rq import Queue
 
 from common import keys
 from common.config import ExperimentConfig, callable_path
 from common.errors import ConfigError
 from common.health import HealthMonitor
-from common.queue import connect
+from common.queue import connect, rollout_queue
 from common.wire import PolicyRef, RolloutJob, RolloutLimits
 from producer import Schedule, Task, load_tasks
 from trainer.backend import build_backend, register_kwargs
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.gateway import GATEWAY_TOKEN_ENV, Gateway
-from trainer.groups import StepResults, assemble_groups
+from trainer.gather import Gatherer
+from trainer.groups import assemble_groups
 from trainer.metrics import step_metrics
 from trainer.observability import WandbLogger
+from trainer.retention import expire_run_keys, redis_used_memory_mb
 from trainer.rlm_logs import write_rlm_logs
 from trainer.services import LocalServices, resolve_redis
-from trainer.state import PipelineState
+from trainer.state import PipelineState, check_resume
 
 log = logging.getLogger(__name__)
-
-POLL_MS = 500
-PROGRESS_EVERY_S = 5.0
 
 
 async def run_training(config: ExperimentConfig) -> PipelineState:
@@ -81,8 +78,10 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         if state is None:
             # Recorded before anything trains, so a crash between train() and the checkpoint
             # of step 0 is recognised on restart like any other step's.
-            state = PipelineState.fresh(config.run_id, await model.get_step(), config.config_hash)
+            state = PipelineState.fresh(config.run_id, await model.get_step(), config)
             state.write(model)
+        else:
+            check_resume(state, config, _resolved_config_path(config))
         _write_resolved_config(config, model)
         wandb_logger = WandbLogger(config, model, state.run_key)
         log.info(
@@ -93,13 +92,14 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             schedule.total_steps - 1,
             len(loaded.tasks),
         )
+        connection = connect(services.redis_url, config.redis_outage_s)
         runner = StepRunner(
-            config, state.run_key, model, backend, connect(services.redis_url), services,
-            gateway, wandb_logger,
+            config, state.run_key, model, backend, connection, services, gateway, wandb_logger,
         )  # fmt: skip
         for step in range(state.next_step, schedule.total_steps):
             state = await runner.run_step(step, schedule.tasks_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
+        expire_run_keys(connection, state.run_key, config.keys_ttl_days * 86400)
         return state
     finally:
         if wandb_logger is not None:
@@ -136,10 +136,21 @@ class StepRunner:
         self.wandb = wandb
         self.collector = ResultCollector(connection, run_key)
         self.dispatcher = Dispatcher(
-            Queue(config.queue_name, connection=connection),
+            rollout_queue(config.queue_name, connection),
             config.job_timeout_s,
             config.job_retries,
             config.lease_ttl_s,
+            config.rollout_deadline_s,
+            config.rollout_reruns,
+        )
+        self.gatherer = Gatherer(
+            self.collector,
+            self.dispatcher,
+            services,
+            config.rollouts_per_group,
+            config.max_concurrent,
+            config.lease_ttl_s / 2,
+            self._publish_status,
         )
 
     async def run_step(self, step: int, tasks: list[Task], state: PipelineState) -> PipelineState:
@@ -155,12 +166,13 @@ class StepRunner:
             policy = policy.model_copy(update={"endpoint": endpoint, "api_key": self.gateway.token})
         jobs = [self._job(step, index, task, policy) for index, task in enumerate(tasks)]
         requeued_before, dead_before = self.dispatcher.requeued, self.collector.dead_letters
-        results, stale = await self._gather(step, jobs)
+        reruns_before = self.dispatcher.reruns
+        results, stats = await self.gatherer.gather(step, jobs)
         wait_s = time.monotonic() - started
 
         assembled = assemble_groups(results, self.config.truncated_rollouts == "mask")
         write_rlm_logs(results, self._log_dir(step), self.config.config_hash, self.config.max_steps)
-        self._publish_status(step, "training", 0)
+        self._publish_status(step, "training", 0, [])
         train_started = time.monotonic()
         train_metrics: dict[str, float] = {}
         if await self.model.get_step() > state.model_step:
@@ -191,10 +203,12 @@ class StepRunner:
             wait_s=wait_s,
             train_s=train_s,
             requeued_jobs=self.dispatcher.requeued - requeued_before,
-            stale_results=stale,
+            stale_results=stats.stale,
             dead_letters=self.collector.dead_letters - dead_before,
             queue_depth=len(self.dispatcher.queue),
         )
+        metrics["pipeline/rerun_rollouts"] = float(self.dispatcher.reruns - reruns_before)
+        metrics["pipeline/redis_used_memory_mb"] = redis_used_memory_mb(self.connection)
         metrics.update(train_metrics)
         await self.model.log(
             assembled.groups or None, split="train", metrics=metrics, step=model_step
@@ -249,71 +263,19 @@ class StepRunner:
             enqueued_at=time.time(),
         )
 
-    async def _gather(self, step: int, jobs: list[RolloutJob]) -> tuple[StepResults, int]:
-        """Keep the queue fed and read results until every group of the step is complete."""
-        results = StepResults(step, len(jobs), self.config.rollouts_per_group)
-        max_jobs = self.config.max_concurrent // self.config.rollouts_per_group
-        waiting = list(jobs)
-        in_flight: dict[int, RolloutJob] = {}
-        stale = 0
-        next_watch = next_progress = time.monotonic()
-        while not results.complete:
-            while waiting and len(in_flight) < max_jobs:
-                job = waiting.pop(0)
-                self.dispatcher.ensure_enqueued(job)
-                in_flight[job.group_index] = job
-            for received in await asyncio.to_thread(self.collector.poll, POLL_MS):
-                result = received.result
-                if result.step < step:  # a leftover of a step already checkpointed
-                    stale += 1
-                    self.collector.ack([received.entry_id])
-                elif result.step > step:
-                    log.error(
-                        "result %s is for future step %d; left unacknowledged",
-                        result.rollout_id,
-                        result.step,
-                    )
-                else:
-                    results.add(received.entry_id, result)
-            for group_index in [g for g in in_flight if results.group_complete(g)]:
-                del in_flight[group_index]
-
-            now = time.monotonic()
-            if now >= next_watch:
-                next_watch = now + self.config.lease_ttl_s / 2
-                self.services.check()
-                running = [job.job_id for job in in_flight.values()]
-                failed = await asyncio.to_thread(self.dispatcher.watch, running)
-                for job in in_flight.values():
-                    if job.job_id in failed:
-                        log.error(
-                            "job %s failed for good: %s", job.job_id, failed[job.job_id].message
-                        )
-                        results.fail_missing(job.group_index, failed[job.job_id])
-            if now >= next_progress:
-                next_progress = now + PROGRESS_EVERY_S
-                self._publish_status(step, "gathering", len(in_flight))
-                log.info(
-                    "step %d | rollouts %d/%d (%d failed) | jobs in flight %d, waiting %d",
-                    step,
-                    results.received,
-                    len(jobs) * self.config.rollouts_per_group,
-                    results.failed,
-                    len(in_flight),
-                    len(waiting),
-                )
-        return results, stale
-
     def _log_dir(self, step: int) -> Path:
         return Path(self.config.log_dir) / self.config.experiment_name / f"step_{step}"
 
-    def _publish_status(self, step: int, phase: str, groups_in_flight: int) -> None:
+    def _publish_status(
+        self, step: int, phase: str, groups_in_flight: int, waiting_for: list[str]
+    ) -> None:
         self.connection.hset(
             keys.trainer_status(self.run_key),
             mapping={
                 "step": step,
                 "phase": phase,
                 "groups_in_flight": groups_in_flight,
+                "waiting_for": "\n".join(waiting_for),
                 "updated_at": time.time(),
             },
         )
@@ -337,9 +299,19 @@ def public_url(gateway: Gateway) -> str:
     return f"http://{socket.getfqdn()}:{gateway.server_address[1]}"
 
 
+def _resolved_config_path(config: ExperimentConfig) -> Path:
+    return (
+        Path(config.art_path)
+        / config.project
+        / "models"
+        / config.model_name
+        / ("pipeline_config.json")
+    )
+
+
 def _write_resolved_config(config: ExperimentConfig, model: Any) -> None:
     """The config as resolved, next to the model's checkpoints (written then renamed)."""
-    directory = Path(config.art_path) / config.project / "models" / config.model_name
+    directory = _resolved_config_path(config).parent
     directory.mkdir(parents=True, exist_ok=True)
     payload = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
     tmp = directory / "pipeline_config.json.tmp"

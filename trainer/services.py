@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -26,6 +27,7 @@ from common.process import die_with_parent
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+LOCK_WAIT_S = 10.0
 NO_REDIS = (
     "no Redis at localhost:6379 and no redis-server binary to start one: install it "
     "(`apt-get install redis-server`) or pass --redis-url redis://HOST:PORT/0"
@@ -121,23 +123,55 @@ def resolve_redis(redis_url: str | None, data_dir: str) -> LocalServices:
         return LocalServices(DEFAULT_REDIS_URL)
     directory = Path(data_dir) / "redis"
     # Append-only persistence: results survive a crash of the trainer and of this Redis.
-    process, url = start_redis_server(directory, appendonly=True)
+    # One server per data dir: the lock is held by the trainer and the server it starts.
+    lock = lock_data_dir(directory)
+    try:
+        process, url = start_redis_server(directory, appendonly=True, lock=lock)
+    finally:
+        os.close(lock)  # the server holds its own copy for as long as it lives
     log.info("started a private redis-server at %s (data in %s)", url, directory)
     return LocalServices(url, redis_process=process)
 
 
-def start_redis_server(directory: Path, appendonly: bool) -> tuple[subprocess.Popen, str]:
-    """A redis-server on a free loopback port, answering; (its process, its URL)."""
+def lock_data_dir(directory: Path, wait_s: float = LOCK_WAIT_S) -> int:
+    """An open descriptor holding the data dir's `redis.lock` (flock). A server of a trainer
+    that was just killed is given `wait_s` to exit; a live one is refused, naming the dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "redis.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ConfigError(
+                    f"another redis-server is running on {directory}: stop the trainer that "
+                    "uses it, or pass --redis-url"
+                ) from None
+            time.sleep(0.1)
+
+
+def start_redis_server(
+    directory: Path, appendonly: bool, lock: int | None = None, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A redis-server on a free loopback port, answering; (its process, its URL).
+
+    It dies with the process that started it (SIGTERM on the parent's death, even a SIGKILL),
+    and inherits `lock` (a descriptor from `lock_data_dir`), holding it until it exits."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError(NO_REDIS)
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
          "--appendonly", "yes" if appendonly else "no", "--save", "",
          "--maxmemory-policy", "noeviction"],
         stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+        pass_fds=(lock,) if lock is not None else (),
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10

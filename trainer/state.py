@@ -1,12 +1,38 @@
-"""The trainer's resume state, kept in ART's `state.json` under its own key."""
+"""The trainer's resume state, kept in ART's `state.json` under its own key.
+
+The state records the config fields that give the run its shape (job ids, group sizes, the
+scenario order). Resuming with any of them changed is refused, naming them: job ids would be
+reused for different groups. Other changed fields are logged.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from common.config import ExperimentConfig
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 STATE_KEY = "rlm_pipeline"  # ART keeps its own keys in state.json; ours live under this one
+SHAPE_FIELDS = (
+    "rollouts_per_group",
+    "groups_per_step",
+    "dataset",
+    "dataset_split",
+    "dataset_size",
+    "shuffle_seed",
+    "num_epochs",
+)
+
+
+def run_shape(config: ExperimentConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in SHAPE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -15,15 +41,19 @@ class PipelineState:
     last_completed_step: int  # -1 before the first step
     model_step: int  # the backend's checkpoint step after that step trained
     config_hash: str
+    shape: dict[str, Any] = field(default_factory=dict)  # SHAPE_FIELDS at the start
 
     @classmethod
-    def fresh(cls, run_id: str, model_step: int, config_hash: str) -> PipelineState:
+    def fresh(cls, run_id: str, model_step: int, config: ExperimentConfig) -> PipelineState:
         """A run started from scratch gets its own Redis keys: jobs and results of an earlier
         run under the same name (whose state was deleted) can never be mistaken for ours."""
-        return cls(f"{run_id}-{secrets.token_hex(3)}", -1, model_step, config_hash)
+        return cls(
+            f"{run_id}-{secrets.token_hex(3)}", -1, model_step, config.config_hash,
+            run_shape(config),
+        )  # fmt: skip
 
     def completed(self, step: int, model_step: int, config_hash: str) -> PipelineState:
-        return PipelineState(self.run_key, step, model_step, config_hash)
+        return PipelineState(self.run_key, step, model_step, config_hash, dict(self.shape))
 
     @property
     def next_step(self) -> int:
@@ -36,3 +66,29 @@ class PipelineState:
 
     def write(self, model: Any) -> None:
         model.merge_state({STATE_KEY: asdict(self)})
+
+
+def check_resume(state: PipelineState, config: ExperimentConfig, previous_config: Path) -> None:
+    """Refuse to resume with a changed run shape (naming the fields); log other changes."""
+    if state.config_hash == config.config_hash:
+        return
+    current = run_shape(config)
+    changed = {k: (v, current[k]) for k, v in state.shape.items() if current.get(k) != v}
+    if changed:
+        described = ", ".join(
+            f"--{k.replace('_', '-')} {was!r} -> {now!r}" for k, (was, now) in changed.items()
+        )
+        raise ConfigError(
+            f"cannot resume run {state.run_key}: {described} changes the run's shape; restore "
+            "the old value, or start afresh with another --model-name (or delete the model dir)"
+        )
+    try:
+        before = json.loads(previous_config.read_text())
+    except (OSError, ValueError):
+        before = {}
+    now = config.model_dump(mode="json")
+    others = sorted(k for k in now if k in before and before[k] != now[k])
+    log.warning(
+        "resuming run %s with config %s (was %s); changed: %s",
+        state.run_key, config.config_hash, state.config_hash, ", ".join(others) or "unknown",
+    )  # fmt: skip

@@ -1,7 +1,8 @@
 """`python -m trainer.status`: what the pipeline is doing, read from Redis.
 
-Prints each run's current step and phase, its groups in flight and unacknowledged results, the
-queue's depth and registries, and the live workers with the job each is running.
+Prints each run's current step and phase, its groups in flight and unacknowledged results, which
+rollouts the trainer waits for and why, the queue's depth and registries, and the live workers
+with the job each is running. Nothing is unpickled: jobs are read with the JSON serializer.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import sys
 import time
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from common import keys
+from common.queue import SERIALIZER, rollout_queue
 
 
 def render_status(connection: Redis, queue_name: str) -> str:
@@ -34,12 +36,14 @@ def render_status(connection: Redis, queue_name: str) -> str:
             f"{status.get('groups_in_flight', '?')} groups in flight, "
             f"{pending} results unacknowledged, updated {age:.0f}s ago"
         )
+        for line in filter(None, status.get("waiting_for", "").splitlines()):
+            lines.append(f"    waiting for {line}")
     if len(lines) == 1:
         lines.append("  (none)")
-    queue = Queue(queue_name, connection=connection)
+    queue = rollout_queue(queue_name, connection)
     running, failed = StartedJobRegistry(queue=queue).count, FailedJobRegistry(queue=queue).count
     lines.append(f"queue {queue_name}: {len(queue)} waiting, {running} running, {failed} failed")
-    workers = Worker.all(connection=connection)
+    workers = Worker.all(connection=connection, serializer=SERIALIZER)
     lines.append(f"workers: {len(workers)}")
     for worker in sorted(workers, key=lambda w: w.name):
         beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else now
