@@ -5,6 +5,11 @@ time limit is interrupted (KeyboardInterrupt in the agent's code); if the REPL d
 within a grace period, or dies (the code killed it, ran out of memory...), it is replaced by a
 fresh one and the agent is told its variables are gone. `llm_query` calls from the code are
 answered by the worker through `on_llm_query`, outside the sandbox (which has no network).
+
+A sandbox that cannot start (bubblewrap unable to create its namespaces, say under Docker's
+default seccomp) or whose REPL dies before it says it is ready raises `SandboxError`: our
+infrastructure, retried as a fresh rollout, never scored. Once the REPL is ready, its death is
+the code's doing: counted in `restarts` and replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 # bwrap processes this worker started and reaps itself (asyncio waits for them).
 _OWN_BWRAPS: set[int] = set()
 INTERRUPT_GRACE_S = 3.0
+START_TIMEOUT_S = 60.0  # for the REPL to say it is ready (Python starts in ~0.1 s when idle)
 RESTART_NOTICE = "[the REPL was restarted: variables from earlier steps are gone]"
 _MAX_LINE = 64 << 20  # one protocol line (a block's output); longer means a broken REPL
 
@@ -61,12 +67,15 @@ class Repl:
         self.uid = parent.uid if parent is not None else sandbox.sandbox_uid()
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
+        self._stderr: _Tail | None = None
 
     async def start(self) -> None:
+        """Start the sandbox and wait for its REPL to say it is ready; SandboxError if it
+        cannot (the message carries what bubblewrap or Python printed)."""
         _become_subreaper()
         if self.parent is None:
             sandbox.prepare_workdir(self.workdir, self.uid)
-        argv, cwd = sandbox.command(self.workdir, SERVER_SOURCE)
+        argv, cwd = sandbox.command(self.workdir, SERVER_SOURCE, self.limits)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -74,13 +83,30 @@ class Repl:
                 env=sandbox.environment(self.allow_finish),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
                 preexec_fn=sandbox.preexec(self.limits, self.uid),
                 limit=_MAX_LINE,
             )
         except OSError as exc:
             raise SandboxError(f"cannot start the sandboxed REPL: {exc}") from exc
         _OWN_BWRAPS.add(self._process.pid)
+        assert self._process.stderr is not None
+        self._stderr = _Tail(self._process.stderr)
+        try:
+            ready = await asyncio.wait_for(self._receive(), START_TIMEOUT_S)
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+            ready = None
+        if ready is None or ready.get("op") != "ready":
+            process, stderr = self._process, self._stderr
+            with contextlib.suppress(TimeoutError):  # let it finish saying why
+                await asyncio.wait_for(process.wait(), 2)
+            await stderr.settle(1)
+            await self.close()
+            raise SandboxError(
+                f"the sandbox did not start (exit {process.returncode}): "
+                f"{stderr.text() or 'no output'}. Check `{' '.join(argv[:2])} ...` by hand; in a "
+                "container, run it with seccomp=unconfined and apparmor=unconfined, as root"
+            )
 
     async def execute(self, code: str, timeout_s: float) -> ExecResult:
         """Run one code block; never raises for anything the code does."""
@@ -141,6 +167,8 @@ class Repl:
         pid namespace's init (the kernel then kills the rest and init reaps them), let bwrap
         reap init and exit, and only then reap bwrap."""
         process, self._process = self._process, None
+        if self._stderr is not None:
+            self._stderr.stop()
         if process is None:
             return
         with contextlib.suppress(psutil.Error):
@@ -158,6 +186,10 @@ class Repl:
             await process.wait()
         _OWN_BWRAPS.discard(process.pid)
         await _reap_orphaned_inits()
+        if self.parent is None:
+            # Whatever escaped the process tree (no bubblewrap: a daemon the code started) still
+            # runs as the sandbox's uid. Sub-REPLs share that uid with a live parent: not them.
+            await asyncio.to_thread(sandbox.kill_all, self.uid, set(_OWN_BWRAPS))
 
     async def _restart(self) -> None:
         await self.close()
@@ -185,6 +217,32 @@ class Repl:
             ]
             repl = next(p for p in family if p.name().startswith("python"))
             repl.send_signal(2)
+
+
+class _Tail:
+    """Keeps the last bytes of the sandbox's stderr (bubblewrap's and Python's own errors), so
+    that a sandbox that cannot start says why; the pipe is drained so it never blocks."""
+
+    def __init__(self, stream: asyncio.StreamReader, keep: int = 2000) -> None:
+        self._data = b""
+        self._keep = keep
+        self._task = asyncio.ensure_future(self._drain(stream))
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError, ValueError):
+            while chunk := await stream.read(65536):
+                self._data = (self._data + chunk)[-self._keep :]
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (a bounded time) until everything written so far has been read."""
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+
+    def text(self) -> str:
+        return " | ".join(self._data.decode(errors="replace").split("\n")).strip(" |")
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 def _become_subreaper() -> None:

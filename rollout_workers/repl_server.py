@@ -5,6 +5,7 @@ line-delimited JSON protocol with the worker. Standard library only; it is start
 Protocol (one JSON object per line, on descriptors saved at start so that the agent's code and
 its subprocesses cannot write into it by accident; fd 0 becomes /dev/null, fds 1 and 2 capture
 output):
+    repl -> worker  {"op": "ready"}                               (once, before any code runs)
     worker -> repl  {"op": "exec", "code": str}
     repl -> worker  {"op": "llm_query", "prompt": str}          (while code runs)
     worker -> repl  {"op": "llm_result", "text": str}
@@ -178,6 +179,7 @@ def _execute(code):
 
 
 def main():
+    _send({"op": "ready"})  # the sandbox works: from here on, a dead REPL is the code's doing
     for line in _proto_in:
         request = json.loads(line)
         if request.get("op") != "exec":

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from common.errors import SandboxError
 from common.prompts import task_message
 from common.wire import RolloutJob, WireHistory, WireItem
+from rollout_workers import sandbox
 from rollout_workers.policy import ContextOverflow, PolicyClient
 from rollout_workers.repl import Repl
 from rollout_workers.sub_agents import SubAgents
@@ -67,6 +69,14 @@ async def run_rollout(
         await repl.start()
         await _loop(job, client, system_prompt, repl, outcome, sub_queries, record)
         outcome.repl_restarts = repl.restarts
+        # Every sandbox process is gone before the working copy is read: nothing can swap a
+        # file for a symlink or a FIFO under the diff, or keep writing while it runs.
+        await repl.close()
+        if survivors := sandbox.live_processes(repl.uid):
+            raise SandboxError(
+                f"{len(survivors)} sandbox processes of uid {repl.uid} survived SIGKILL: the "
+                "working copy is not diffed while they run"
+            )
         outcome.diff = diff_against(original, workdir)
         return outcome
     finally:

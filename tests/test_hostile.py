@@ -3,8 +3,12 @@ the worker lives on, and nothing is left behind."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -13,6 +17,8 @@ import psutil
 import pytest
 
 from rollout_workers.repl import Repl
+from rollout_workers.sandbox import SandboxLimits
+from tests.conftest import ROOT
 from tests.test_rollout import _workdir
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -139,3 +145,51 @@ def test_killing_its_parent_or_its_group_leaves_the_worker_alive() -> None:
     assert results[1].restarted
     assert results[2].output.strip() == "alive"
     assert_clean(repl)
+
+
+def test_dev_cannot_hold_the_hosts_ram() -> None:
+    # /dev was a tmpfs as large as the host's RAM: 300 MiB went in past RLIMIT_AS and /tmp's cap.
+    code = (
+        "def fill(prefix):\n"
+        "    written = 0\n"
+        "    for i in range(100):\n"  # up to 400 MiB
+        "        try:\n"
+        "            with open(f'{prefix}{i}', 'wb') as f:\n"
+        "                f.write(b'x' * (4 << 20))\n"
+        "            written += 4 << 20\n"
+        "        except OSError as e:\n"
+        "            return written, e.errno\n"
+        "    return written, None\n"
+        "print('dev', *fill('/dev/fill'))\n"
+        "print('shm', *fill('/dev/shm/fill'))\n"
+        "open('/dev/null', 'wb').write(b'still a device')\n"
+        "print('urandom', len(open('/dev/urandom', 'rb').read(16)))\n"
+    )
+    results, repl, _ = hostile_session([(code, 60)])
+    lines = dict(line.split(" ", 1) for line in results[0].output.strip().splitlines())
+    assert lines["dev"] == f"0 {errno.EROFS}", results[0].output
+    shm_written, shm_errno = map(int, lines["shm"].split())
+    assert shm_written <= SandboxLimits().shm_bytes and shm_errno == errno.ENOSPC
+    assert lines["urandom"] == "16"
+    assert_clean(repl)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids need a root worker")
+def test_workers_in_separate_containers_draw_distinct_uids() -> None:
+    # Containers on one host each run their worker as pid 1 (here: fresh pid namespaces); a uid
+    # derived from the pid was the same in all of them, so they shared one RLIMIT_NPROC.
+    probe = (
+        "import os\nfrom rollout_workers.sandbox import sandbox_uid\n"
+        "print(os.getpid(), sandbox_uid(), sandbox_uid())"
+    )
+    runs = [
+        subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", probe],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.split()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [run[0] for run in runs] == ["1", "1"]
+    uids = [int(uid) for run in runs for uid in run[1:]]
+    assert len(set(uids)) == 4
+    assert all(uid >= 1 << 30 for uid in uids)  # far from system, user and subuid ranges

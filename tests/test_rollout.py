@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from common.errors import SandboxError
+from common.rewards import finished_reward
+from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario
+from rollout_workers import rollout, sandbox
+from rollout_workers.policy import PolicyClient
 from rollout_workers.repl import RESTART_NOTICE, Repl
+from rollout_workers.rollout import RolloutOutcome
 from rollout_workers.text import extract_code_blocks, truncate_middle
 from rollout_workers.workdir import diff_against
+from tests.fakes.scripted_llm import ScriptedLLM
 
 
 def test_python_and_repl_blocks_are_extracted_in_order() -> None:
@@ -153,3 +165,161 @@ def test_llm_query_runs_a_sub_agent_with_its_own_repl() -> None:
     assert kinds == ["message", "message", "choice", "message", "choice"]
     observation = history.messages_and_choices[3].data["content"]
     assert "NameError" in observation  # a sub-agent cannot finish() the task
+
+
+# --- Sandbox failures are infrastructure; a REPL the code kills is the model's doing ----------
+
+NAMESPACE_ERROR = (
+    "bwrap: No permissions to creating new namespace, likely because the kernel does not allow "
+    "non-privileged user namespaces."
+)
+
+
+def fake_bwrap(monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    """A real `bwrap` executable first on PATH. Its directory is world-readable and writable:
+    the sandbox's uid execs it (and may leave marks in it)."""
+    directory = Path(tempfile.mkdtemp(prefix="rlm-fake-bwrap-"))
+    directory.chmod(0o777)
+    executable = directory / "bwrap"
+    executable.write_text(f"#!/bin/sh\n{script.format(dir=directory)}\n")
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        (f"echo '{NAMESPACE_ERROR}' >&2\nexit 1", "No permissions to creating new namespace"),
+        ("exec python3 -c 'import os, sys; sys.stderr.write(\"gone\\n\"); os._exit(7)'", "exit 7"),
+    ],
+    ids=["namespaces-refused", "repl-dies-before-ready"],
+)
+def test_a_sandbox_that_cannot_start_raises_sandbox_error(
+    monkeypatch: pytest.MonkeyPatch, script: str, says: str
+) -> None:
+    fake_bwrap(monkeypatch, script)
+    repl = Repl(_workdir(), _no_answer)
+    with pytest.raises(SandboxError, match=says) as raised:
+        asyncio.run(repl.start())
+    assert "seccomp=unconfined" in str(raised.value)  # names the fix
+    assert sandbox.live_processes(repl.uid) == []
+
+
+def test_a_broken_sandbox_is_a_failed_rollout_never_a_reward(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    from redis import Redis
+
+    from rollout_workers import job as job_module
+
+    fake_bwrap(monkeypatch, f"echo '{NAMESPACE_ERROR}' >&2\nexit 1")
+    with ScriptedLLM(script=_finish_at_once) as llm:
+        job = _job(llm.url, retries=1)
+
+        async def attempt() -> object:
+            client = PolicyClient(job.policy, job.limits)
+            try:
+                return await job_module._rollout_and_post(
+                    Redis.from_url(redis_url), job, 0, client, None, "system", finished_reward
+                )
+            finally:
+                await client.aclose()
+
+        result = asyncio.run(attempt())
+    assert result.status == "failed" and result.trajectory is None
+    assert result.error.type == "SandboxError" and "namespace" in result.error.message
+    assert result.attempts == 2  # retried as a fresh rollout, then failed
+    assert llm.requests == 0  # no model turn was spent on a sandbox that never ran
+
+
+def test_code_that_kills_its_repl_is_counted_and_the_rollout_goes_on() -> None:
+    def script(messages: list, rng: object) -> str:
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return "```python\nimport os\nos._exit(1)\n```" if turn == 0 else "```python\nfinish()\n```"
+
+    outcome = _rollout(script)
+    assert outcome.repl_restarts == 1 and outcome.finished
+
+
+def test_a_sandbox_that_cannot_restart_raises_sandbox_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first sandbox starts (the real bwrap); once the code has killed its REPL, the next one
+    # cannot: that is our infrastructure again, not the model's doing.
+    real = shutil.which("bwrap")
+    fake_bwrap(
+        monkeypatch,
+        f"if [ -e {{dir}}/started ]; then echo '{NAMESPACE_ERROR}' >&2; exit 1; fi\n"
+        f'touch {{dir}}/started\nexec {real} "$@"',
+    )
+
+    def script(messages: list, rng: object) -> str:
+        return "```python\nimport os\nos._exit(1)\n```"
+
+    with pytest.raises(SandboxError, match="namespace"):
+        _rollout(script)
+
+
+def test_the_diff_is_read_after_every_sandbox_process_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A daemon the code leaves behind keeps writing; while anything of the sandbox runs it could
+    # swap a file for a symlink or a FIFO under the diff.
+    daemon = (
+        "```python\nimport os, subprocess, time\n"
+        "subprocess.Popen(['sh', '-c', 'while :; do date >> /repo/late.txt; done'],\n"
+        "                 start_new_session=True)\n"
+        "while not os.path.exists('late.txt'):\n    time.sleep(0.01)\nfinish()\n```"
+    )
+    alive_at_diff: list[list[int]] = []
+    real_diff = rollout.diff_against
+
+    def diff_once_checked(original: Path | None, workdir: Path) -> str:
+        uid = workdir.stat().st_uid  # the sandbox's, when the worker is root
+        alive_at_diff.append([p.pid for p in sandbox.live_processes(uid)])
+        return real_diff(original, workdir)
+
+    monkeypatch.setattr(rollout, "diff_against", diff_once_checked)
+    outcome = _rollout(lambda messages, rng: daemon)
+    assert outcome.finished and "late.txt" in outcome.diff
+    assert alive_at_diff == [[]]
+
+
+def _no_answer(prompt: str) -> Awaitable[str]:
+    async def empty() -> str:
+        return ""
+
+    return empty()
+
+
+def _finish_at_once(messages: list, rng: object) -> str:
+    return "```python\nfinish()\n```"
+
+
+def _job(endpoint: str, retries: int = 0) -> RolloutJob:
+    limits = RolloutLimits(
+        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
+        max_output_chars=1000, request_timeout_s=30, rollout_retries=retries, retry_backoff_s=0.01,
+    )  # fmt: skip
+    return RolloutJob(
+        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
+        scenario=Scenario(instance_id="toy__0", problem_statement="Fix it."), grading=None,
+        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint=endpoint), limits=limits,
+        system_prompt_fn="common.prompts:r2e_system_prompt",
+        reward_fn="common.rewards:finished_reward", results_stream="rlm:t:results",
+        lease_ttl_s=10, enqueued_at=0.0,
+    )  # fmt: skip
+
+
+def _rollout(script: Callable[[list, object], str]) -> RolloutOutcome:
+    async def run() -> RolloutOutcome:
+        with ScriptedLLM(script=script) as llm:
+            job = _job(llm.url)
+            client = PolicyClient(job.policy, job.limits)
+            try:
+                return await rollout.run_rollout(job, client, "system")
+            finally:
+                await client.aclose()
+
+    return asyncio.run(run())
