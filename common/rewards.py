@@ -32,6 +32,9 @@ class RewardInput:
     expected: dict[str, str] = field(default_factory=dict)
     fail_to_pass: tuple[str, ...] = ()
     pass_to_pass: tuple[str, ...] = ()
+    # The grader found the diff changing how the tests run (GradeReport.tampered). Never paid:
+    # the worker's score() enforces 0.0 whatever the reward function returns.
+    tampered: bool = False
 
 
 def parse_pytest_log(log: str | None) -> dict[str, str]:
@@ -83,6 +86,8 @@ def binary_test_reward(outcome: RewardInput) -> float:
     The success metric."""
     if outcome.test_results is None:
         raise ValueError("binary_test_reward needs test results: grade with --grader docker")
+    if outcome.tampered:
+        return 0.0
     return 1.0 if exact_match(outcome.test_results, outcome.expected) else 0.0
 
 
@@ -93,6 +98,8 @@ def partial_test_reward(outcome: RewardInput) -> float:
     0.0. A task with no fail-to-pass test falls back to the exact reward."""
     if outcome.test_results is None:
         raise ValueError("partial_test_reward needs test results: grade with --grader docker")
+    if outcome.tampered:
+        return 0.0
     results = _normalise(outcome.test_results)
     if any(results.get(key) != "PASSED" for key in outcome.pass_to_pass):
         return 0.0

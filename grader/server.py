@@ -21,9 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.grading import GradeError, GradeReport, GradeRequest, GradeTimings
-from common.rewards import parse_pytest_log
 from grader.container import ContainerLimits, GradingFailure, run_hidden_tests
-from grader.patch import filter_diff
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _grade(self, request: GradeRequest, received: float) -> None:
         state = self.server.state
         started = time.monotonic()
-        diff, ignored = filter_diff(request.diff)
         cancelled = threading.Event()
         watcher = threading.Thread(
             target=_watch_disconnect, args=(self.connection, cancelled), daemon=True
@@ -131,7 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
         watcher.start()
         try:
             run = run_hidden_tests(
-                request.docker_image, diff, request.timeout_s, state.limits, state.label, cancelled
+                request.docker_image,
+                request.diff,
+                request.timeout_s,
+                state.limits,
+                state.label,
+                cancelled,
             )
         except GradingFailure as failure:
             log.warning("grading %s failed: %s: %s", request.instance_id, failure.kind, failure)
@@ -142,10 +144,11 @@ class _Handler(BaseHTTPRequestHandler):
             cancelled.set()  # also stops the watcher
         report = GradeReport(
             instance_id=request.instance_id,
-            statuses=parse_pytest_log(run.log),
+            statuses=run.statuses,
             timed_out=run.timed_out,
             exit_code=run.exit_code,
-            ignored_files=ignored,
+            tampered=bool(run.tamper),
+            tamper=run.tamper,
             log_tail=run.log[-LOG_TAIL_CHARS:],
             timings=GradeTimings(
                 total_s=time.monotonic() - started, queued_s=started - received, tests_s=run.tests_s

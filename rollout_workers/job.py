@@ -165,6 +165,7 @@ async def score(
             )
         )
         grading_s = time.monotonic() - began
+    tampered = report is not None and report.tampered
     reward = float(
         reward_fn(
             RewardInput(
@@ -175,9 +176,12 @@ async def score(
                 expected=job.grading.expected if job.grading else {},
                 fail_to_pass=tuple(job.grading.fail_to_pass) if job.grading else (),
                 pass_to_pass=tuple(job.grading.pass_to_pass) if job.grading else (),
+                tampered=tampered,
             )
         )
     )
+    if tampered:
+        reward = 0.0  # whatever a custom reward function says: tampering is never paid
     metrics: dict[str, float | int | bool] = {
         "steps": outcome.steps,
         "finished": outcome.finished,
@@ -196,7 +200,8 @@ async def score(
             "grading_s": round(grading_s, 4),
             "tests_s": round(report.timings.tests_s, 4),
             "tests_timed_out": report.timed_out,
-            "success": exact_match(report.statuses, job.grading.expected),
+            "success": not tampered and exact_match(report.statuses, job.grading.expected),
+            "tampered": tampered,
         }
     return WireTrajectory(
         messages_and_choices=outcome.items,
@@ -209,6 +214,8 @@ async def score(
             "instance_id": job.scenario.instance_id,
             "policy_step": job.policy.policy_step,
             "model": job.policy.inference_name,
+            # What the grader found the diff tampering with ("<reason>: <path>; ...").
+            **({"tamper": "; ".join(report.tamper)[:2000]} if tampered and report else {}),
         },
     )
 

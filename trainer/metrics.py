@@ -55,4 +55,9 @@ def step_metrics(
     if ok:
         metrics["finished_rate"] = sum(bool(t.metrics.get("finished")) for t in ok) / len(ok)
         metrics["avg_steps"] = sum(float(t.metrics.get("steps", 0)) for t in ok) / len(ok)
+        graded = [t for t in ok if "tampered" in t.metrics]
+        if graded:  # reward hacking caught by the grader, as a share of graded rollouts
+            metrics["reward/tamper_rate"] = sum(bool(t.metrics["tampered"]) for t in graded) / len(
+                graded
+            )
     return metrics

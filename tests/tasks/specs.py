@@ -2,7 +2,7 @@
 
 Each builds into one R2E-Gym-Lite task (tests/tasks/build.py). Between them they cover what the
 reward must get right: a parametrized test, a test expected to FAIL even at the fix, and a test
-file that fails to import at the buggy commit.
+file that fails to import at the buggy commit; one repository has a pyproject.toml and setup.cfg.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ STACKX = TaskSpec(
             "        return self._items.pop()\n\n"
             "    def __len__(self):\n        return len(self._items)\n"
         ),
+        # Shared configuration files pytest also reads: an edit to their pytest sections is
+        # tampering, any other edit is not (tests/test_tamper.py).
+        "pyproject.toml": '[project]\nname = "stackx"\n',
+        "setup.cfg": "[metadata]\nname = stackx\n",
     },
     fixed={
         "stackx/__init__.py": "from stackx.stack import EmptyStackError, Stack\n",

@@ -1,0 +1,183 @@
+"""Runs inside the task container: `python -m pytest` as run_tests.sh would, but so that the
+agent's changes reach the hidden tests only through the code under test.
+
+Started as `<venv python> -I -S launch.py <work dir> <pytest args>` from /testbed (grade.sh):
+- `-I` ignores PYTHON* variables, the user site and the script's directory; `-S` skips `site`,
+  whose sitecustomize/usercustomize lookup would reach /testbed through an editable install's
+  .pth. The virtualenv's site-packages are added here as `site` would, .pth files included
+  (the virtualenv is the image's own: the diff may not touch it).
+- pytest, its plugins and every module they import are imported before /testbed goes on
+  sys.path, and a finder pins the standard library's and the virtualenv's top-level names to
+  their own directories unless the repository itself defined them before the diff.
+- pytest plugins are loaded from entry points with /testbed off sys.path, so package metadata
+  in the repository cannot register one.
+- The statuses are read from what pytest's terminal reporter itself wrote after "short test
+  summary info", recorded in memory and written to fd 3 (a file grade.sh opened), not from
+  stdout: a module under test printing "PASSED ..." lines, now or at exit, only reaches the log.
+
+Python 3.7 or later, standard library and pytest only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib
+import importlib.machinery
+import io
+import os
+import pkgutil
+import sys
+
+SUMMARY_HEADER = "short test summary info"
+MAX_SUMMARY_CHARS = 8 * 1024 * 1024
+METADATA_SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".pth")
+TESTBED = os.getcwd()
+
+
+def _inside(path: str) -> bool:
+    full = os.path.abspath(path or ".")
+    return full == TESTBED or full.startswith(TESTBED + os.sep)
+
+
+def add_site_packages() -> None:
+    """What `site` does for a virtualenv, without sitecustomize and usercustomize."""
+    import site
+
+    venv = os.path.dirname(os.path.dirname(sys.executable))  # not resolved: bin/python is a link
+    config = os.path.join(venv, "pyvenv.cfg")
+    system = True
+    if os.path.exists(config):
+        with open(config) as file:
+            settings = dict(
+                (key.strip().lower(), value.strip().lower())
+                for key, _, value in (line.partition("=") for line in file)
+            )
+        system = settings.get("include-system-site-packages") == "true"
+        sys.prefix = sys.exec_prefix = venv
+        for directory in sorted(glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))):
+            site.addsitedir(directory)
+    if system:
+        for directory in site.getsitepackages([sys.base_prefix]):
+            site.addsitedir(directory)
+    for helper in ("setquit", "setcopyright", "sethelper"):  # builtins `site` would add
+        getattr(site, helper, lambda: None)()
+    extra = os.environ.get("PYTHONPATH")  # the image's own setting, which -I dropped
+    if extra:
+        sys.path[0:0] = [entry for entry in extra.split(os.pathsep) if entry]
+
+
+class PinnedFinder:
+    """Resolves pinned top-level names outside /testbed only (before the path finder)."""
+
+    def __init__(self, pinned: set[str]) -> None:
+        self.pinned = pinned
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        if path is not None or name not in self.pinned:
+            return None
+        outside = [entry for entry in sys.path if not _inside(entry)]
+        spec = importlib.machinery.PathFinder.find_spec(name, outside)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return spec
+
+
+def pin_modules(work: str) -> None:
+    with open(os.path.join(work, "head-modules")) as file:
+        own = set(file.read().split("\n"))
+    names = set(sys.builtin_module_names) | set(getattr(sys, "stdlib_module_names", ()))
+    for directory in sys.path:
+        if _inside(directory) or not os.path.isdir(directory):
+            continue
+        for entry in os.listdir(directory):
+            name = entry.split(".")[0]
+            if name.isidentifier() and not entry.endswith(METADATA_SUFFIXES):
+                names.add(name)
+    finder = PinnedFinder(names - own)
+    at = next(
+        (i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder),
+        len(sys.meta_path),
+    )
+    sys.meta_path.insert(at, finder)
+
+
+def import_pytest() -> object:
+    """pytest and everything of it, imported before /testbed is on sys.path."""
+    import pytest
+
+    for package in ("_pytest", "pluggy"):
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            # Optional parts (a missing extra) fail to import: pytest copes without them.
+            with contextlib.suppress(Exception):
+                importlib.import_module(info.name)
+    return pytest
+
+
+def load_entry_points_outside_testbed() -> None:
+    """pytest11 entry points are read with /testbed off sys.path."""
+    import pluggy
+
+    original = pluggy.PluginManager.load_setuptools_entrypoints
+
+    def load(self: object, group: str, name: str | None = None) -> int:
+        saved = sys.path[:]
+        sys.path[:] = [entry for entry in saved if not _inside(entry)]
+        try:
+            return original(self, group, name)
+        finally:
+            sys.path[:] = saved
+
+    pluggy.PluginManager.load_setuptools_entrypoints = load
+
+
+class _Tee:
+    """The reporter's file, copying everything from the summary header on into `copy`."""
+
+    def __init__(self, inner: object, copy: io.StringIO) -> None:
+        self._inner, self._copy, self._on = inner, copy, False
+
+    def write(self, text: str) -> object:
+        if not self._on and SUMMARY_HEADER in text:
+            self._on = True
+        if self._on and self._copy.tell() < MAX_SUMMARY_CHARS:
+            self._copy.write(text)
+        return self._inner.write(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.summary = io.StringIO()
+
+    def pytest_sessionstart(self, session: object) -> None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            writer = reporter._tw
+            writer._file = _Tee(writer._file, self.summary)
+
+
+def main() -> None:
+    work, arguments = sys.argv[1], sys.argv[2:]
+    add_site_packages()
+    pytest = import_pytest()
+    load_entry_points_outside_testbed()
+    pin_modules(work)
+    sys.path.insert(0, TESTBED)  # as `python -m` puts the working directory first
+    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *arguments]
+    recorder = Recorder()
+    code = 1
+    try:
+        code = int(pytest.main(arguments, plugins=[recorder]))
+    finally:
+        data = recorder.summary.getvalue()[:MAX_SUMMARY_CHARS].encode("utf-8", "replace")
+        while data:
+            data = data[os.write(3, data) :]
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
