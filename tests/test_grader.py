@@ -62,7 +62,9 @@ def test_gold_patch_matches_expected_and_empty_patch_does_not(
     assert grader_containers(label_of(grader_service)) == []
 
 
-def test_edits_to_hidden_tests_and_runner_are_ignored(fixture_tasks, grader_service) -> None:
+def test_edits_to_hidden_tests_and_runner_are_flagged_not_run(
+    fixture_tasks, grader_service
+) -> None:
     _, tasks = fixture_tasks
     calc = tasks[0]
     hack = (
@@ -75,9 +77,13 @@ def test_edits_to_hidden_tests_and_runner_are_ignored(fixture_tasks, grader_serv
         "diff --git a/run_tests.sh b/run_tests.sh\n--- a/run_tests.sh\n+++ b/run_tests.sh\n"
         "@@ -1 +1 @@\n-.venv/bin/python -W ignore -m pytest -rA r2e_tests\n+echo PASSED\n"
     )
-    report = grade(grader_service, request_for(calc, hack))
-    assert report.ignored_files == ["conftest.py", "r2e_tests/test_ops.py", "run_tests.sh"]
-    assert report.statuses["test_add"] == "FAILED"  # the real hidden tests ran
+    report = grade(grader_service, request_for(calc, calc.gold_diff + hack))
+    assert report.tampered and report.statuses == {}
+    assert report.tamper == [
+        "test runner input: r2e_tests/test_ops.py",
+        "test runner input: conftest.py",
+        "test runner input: run_tests.sh",
+    ]
 
 
 def test_infrastructure_problems_are_errors_not_results(fixture_tasks, grader_service) -> None:
@@ -92,9 +98,21 @@ def test_infrastructure_problems_are_errors_not_results(fixture_tasks, grader_se
                 "@@ -1 +1 @@\n-x\n+y\n",
             ),
         )
+    # Never pulled: a missing image is an error at once, not a download.
     missing = GradeRequest(instance_id="x", docker_image="rlm-fixtures/absent:none", diff="")
     with pytest.raises(GraderError, match="424: image_missing"):
         grade(grader_service, missing)
+    # Nothing in a request becomes an option of `docker run`.
+    smuggled = request_for(calc, "").model_dump()
+    for image in ("--privileged", "-v/:/host", "alpine --privileged", "ALPINE"):
+        with pytest.raises(ValueError, match="not a Docker image reference"):
+            GradeRequest(**{**smuggled, "docker_image": image})
+        answer = httpx.post(
+            f"{grader_service}/grade",
+            json={**smuggled, "docker_image": image},
+            headers={"Authorization": f"Bearer {GRADER_TEST_TOKEN}"},
+        )
+        assert answer.status_code == 400 and "not a Docker image reference" in answer.text
     with pytest.raises(GraderError, match="401: unauthorized"):
         grade(grader_service, request_for(calc, ""), token="wrong-token")
     assert httpx.post(f"{grader_service}/grade", content=b"{}").status_code == 401
