@@ -117,7 +117,12 @@ class Dispatcher:
         self.attempts[job.group_index] = attempts
 
     def finish(self, group_index: int) -> None:
-        self.attempts.pop(group_index, None)
+        """The group is complete: reruns still waiting in the queue are cancelled."""
+        for attempt in self.attempts.pop(group_index, [])[1:]:
+            if attempt.ended_at is None and attempt.started_at is None:
+                job = fetch_job(attempt.id, self.queue.connection)
+                if job is not None and is_waiting_in_queue(self.queue, job.id):
+                    job.cancel()
 
     def ensure_enqueued(self, job: RolloutJob) -> bool:
         """Enqueue the attempt unless a live job with its id exists. True when newly enqueued."""

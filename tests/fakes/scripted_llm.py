@@ -4,11 +4,17 @@ Responses look like ART's vLLM: `choices[0]` with `logprobs.content` whose token
 `token_id:N`, vLLM's extra fields (`stop_reason`, `token_ids`), and `usage`. The script is the
 default agent session: look around, then either call finish() or keep talking. Run it alone with
 `python -m tests.fakes.scripted_llm --port 8001`.
+
+Faults for the fault suite: `inject(kind, times)` makes the next requests answer with vLLM's
+`finish_reason: "abort"`, no logprobs, invalid JSON, an HTTP 500, or hang until `release()`;
+`hold(n)` holds the next n requests until `release()`, so a test can act while a rollout is
+provably mid-request (`wait_held(n)`), never sleeping to synchronise.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import threading
@@ -19,6 +25,7 @@ from typing import Any
 
 EXPLORE = "Let me look around first.\n```python\nimport os\nprint(sorted(os.listdir('.')))\n```"
 FINISH = "The fix is in place.\n```python\nfinish()\n```"
+FAULTS = ("abort", "no_logprobs", "bad_json", "http_500", "hang")
 WANDER = "I am not sure yet; let me think about the problem statement again."
 
 
@@ -56,6 +63,11 @@ class ScriptedLLM:
         self.rng = random.Random(seed)
         self.requests = 0
         self.models_seen: set[str] = set()
+        self.faults_served: collections.Counter[str] = collections.Counter()
+        self._faults: collections.deque[str] = collections.deque()
+        self._to_hold = 0
+        self.held = 0  # requests held so far (by hold() or a hang)
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -69,21 +81,59 @@ class ScriptedLLM:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 
-    def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def inject(self, kind: str, times: int = 1) -> None:
+        """The next `times` requests get fault `kind` (one of FAULTS), in order."""
+        assert kind in FAULTS, kind
+        with self._lock:
+            self._faults.extend([kind] * times)
+
+    def hold(self, count: int = 1) -> None:
+        """Hold the next `count` requests (before answering) until `release()`."""
+        with self._lock:
+            self._to_hold += count
+
+    def held_at_least(self, count: int) -> bool:
+        with self._lock:
+            return self.held >= count
+
+    def release(self) -> None:
+        self._released.set()
+
+    def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | bytes]:
         messages = body.get("messages") or []
         with self._lock:
             self.requests += 1
             self.models_seen.add(body.get("model", ""))
             text = self.script(messages, self.rng)
+            fault = self._faults.popleft() if self._faults else None
+            hold = fault == "hang" or (self._to_hold > 0 and not self._released.is_set())
+            if self._to_hold > 0 and fault != "hang":
+                self._to_hold -= 1
+            if hold:
+                self.held += 1
+            if fault:
+                self.faults_served[fault] += 1
+        if hold:
+            self._released.wait(120)
         if self.fail_when and any(self.fail_when in str(m.get("content")) for m in messages):
             return 503, {"error": {"message": "scripted outage", "type": "server_error"}}
         if self.delay_s:
             time.sleep(self.delay_s)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
-        return 200, completion(body.get("model", ""), text, prompt_tokens)
+        answer = completion(body.get("model", ""), text, prompt_tokens)
+        if fault == "http_500":
+            return 500, {"error": {"message": "scripted 500", "type": "server_error"}}
+        if fault == "bad_json":
+            return 200, b'{"choices": [{"index": 0, "message": '
+        if fault == "abort":
+            answer["choices"][0]["finish_reason"] = "abort"
+        if fault == "no_logprobs":
+            answer["choices"][0]["logprobs"] = None
+        return 200, answer
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
@@ -102,13 +152,16 @@ class ScriptedLLM:
                     200, {"object": "list", "data": [{"id": m} for m in sorted(outer.models_seen)]}
                 )
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def _send(self, status: int, payload: dict[str, Any] | bytes) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up (a hang past its timeout)
 
             def log_message(self, *args: object) -> None:
                 pass

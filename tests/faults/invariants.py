@@ -1,0 +1,97 @@
+"""The invariants every fault test asserts, whatever the fault: one shared check.
+
+- every step is trained exactly once (a step whose every group was dropped is logged, not trained);
+- every trained group is complete, with one scenario, and trainable;
+- no infrastructure failure is scored: failures only ever drop their group;
+- nothing is left running: no job started or taken off the queue, no lease, the trainer gone;
+- the wall time is bounded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq.registry import StartedJobRegistry
+
+from common import keys
+from common.queue import rollout_queue
+from tests.conftest import history, train_calls, trainer_args, wait_for
+
+GROUPS, ROLLOUTS, STEPS = 2, 3, 2
+
+
+@dataclass
+class FaultRun:
+    """One training run under a fault: its flags, where it writes, and when it began."""
+
+    redis_url: str
+    llm_url: str
+    dataset: Path
+    art_path: Path
+    max_wall_s: float
+    overrides: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def args(self) -> list[str]:
+        values = {"lease_ttl_s": 2, "rollout_deadline_s": 20, "request_timeout_s": 20}
+        return trainer_args(
+            self.redis_url, self.llm_url, self.dataset, self.art_path, **(values | self.overrides)
+        )
+
+
+def step_metrics(art_path: Path) -> list[dict[str, Any]]:
+    """One history row per completed step (the rows carrying the pipeline's figures)."""
+    return [h for h in history(art_path) if "pipeline/groups_dropped" in h]
+
+
+def assert_invariants(
+    run: FaultRun, trainer: subprocess.Popen | None = None, logs: str = ""
+) -> list[dict[str, Any]]:
+    """Check the five invariants; returns the per-step metrics for fault-specific checks."""
+    if trainer is not None:
+        assert trainer.wait(max(1.0, run.max_wall_s - (time.monotonic() - run.started))) == 0, logs
+    elapsed = time.monotonic() - run.started
+    assert elapsed < run.max_wall_s, f"took {elapsed:.0f}s, bound {run.max_wall_s}s"
+
+    rows = step_metrics(run.art_path)
+    assert len(rows) == STEPS, f"each step logged once: {len(rows)} rows\n{logs}"
+    trained_steps = [r for r in rows if r["pipeline/groups_trained"] > 0]
+    calls = train_calls(run.art_path)
+    assert [c["step"] for c in calls] == list(range(1, len(trained_steps) + 1)), (
+        "every step trained exactly once"
+    )
+    scenarios: list[str] = []
+    for call in calls:
+        for group in call["groups"]:
+            assert group["size"] == ROLLOUTS, "a trained group is complete"
+            assert len(group["instance_ids"]) == 1, "one scenario per group"
+            assert all(group["trainable"]), "every trajectory carries Choices with logprobs"
+            # A real rollout reports its own metrics; a failure never became a trajectory.
+            assert all("finished" in m and "steps" in m for m in group["metrics"])
+            scenarios += group["instance_ids"]
+    assert len(scenarios) == len(set(scenarios)), "no scenario trained twice"
+    for row in rows:
+        assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] == GROUPS
+        if row["pipeline/failed_rollouts"]:
+            dropped_for_failures = sum(
+                v for k, v in row.items() if k.startswith("pipeline/groups_dropped/failed_rollout")
+            )
+            assert dropped_for_failures >= 1, "a failed rollout drops its group, never scores 0"
+
+    redis = Redis.from_url(run.redis_url)
+    queue = rollout_queue("rollouts", redis)
+
+    def idle() -> bool:
+        return (
+            StartedJobRegistry(queue=queue).count == 0
+            and redis.llen(queue.intermediate_queue_key) == 0
+            and not list(redis.scan_iter(match=keys.job_lease("*")))
+        )
+
+    wait_for(idle, 30, "no job left running, taken or leased")
+    return rows
