@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -15,15 +16,11 @@ from common.log import setup_logging
 log = logging.getLogger("grader")
 
 
-def _exit(signum: int, frame: object) -> None:
-    raise SystemExit(0)  # unwinds serve_forever; `finally` removes our containers
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, GraderConfig, prog="python -m grader")
     setup_logging()
     from grader.container import ContainerLimits, engine_available, remove_leftovers
-    from grader.server import GraderServer, GraderState
+    from grader.server import GraderState, serve
 
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
@@ -46,18 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent=config.max_concurrent,
         max_queued=config.max_queued,
     )
-    server = GraderServer((config.host, config.port), state)
-    signal.signal(signal.SIGTERM, _exit)
-    log.info(
-        "grader on %s:%d, %d at once", config.host, server.server_address[1], config.max_concurrent
-    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(state, config.host, config.port, stop)
+
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        asyncio.run(run())
     finally:
-        server.server_close()
-        remove_leftovers(label)
+        removed = remove_leftovers(label)  # gradings cut short by the stop
+        if removed:
+            log.info("removed %d grading containers on the way out", removed)
     return 0
 
 
