@@ -1,0 +1,137 @@
+"""The pieces of recovery on their own, against a real Redis: lease ownership, no pickle crossing
+Redis, results of a later step, an ok copy beating a failed one, and the resume guard."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from common import keys
+from common.config import ExperimentConfig
+from common.errors import ConfigError
+from common.queue import connect, fetch_job, rollout_queue
+from common.wire import ErrorInfo, PolicyRef, RolloutJob, RolloutLimits, Scenario, encode
+from rollout_workers.job import Lease
+from tests.conftest import ROOT
+from tests.test_groups import result
+from trainer.collector import ResultCollector
+from trainer.dispatch import Dispatcher
+from trainer.gather import Gatherer
+from trainer.groups import StepResults
+from trainer.services import LocalServices
+from trainer.state import PipelineState, check_resume
+from trainer.status import render_status
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_lease_belongs_to_its_holder(redis_url: str) -> None:
+    """A late copy of a requeued job (its worker froze) neither renews nor deletes the lease
+    of the live run."""
+    redis = Redis.from_url(redis_url)
+    frozen = Lease(redis, "job-1", ttl_s=30)
+    redis.delete(keys.job_lease("job-1"))  # expired while it was frozen; the job was requeued
+    live = Lease(redis, "job-1", ttl_s=30)
+    live.start()
+    frozen.start()
+    frozen.stop()  # the frozen copy finishes
+    assert redis.get(keys.job_lease("job-1")).decode() == live.token
+    live.stop()
+    assert not redis.exists(keys.job_lease("job-1"))
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {_Exploit.marker}",))
+
+    marker = ""
+
+
+def test_a_pickle_planted_in_redis_is_never_unpickled(redis_url: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _Exploit.marker = str(marker)
+    payload = pickle.dumps(_Exploit())
+    redis = Redis.from_url(redis_url)
+    job_id = "run-x-s000000-g0000"
+    redis.hset(
+        f"rq:job:{job_id}",
+        mapping={"data": payload, "meta": payload, "status": "queued", "origin": "rollouts",
+                 "created_at": "2026-01-01T00:00:00.000000Z", "description": "planted"},
+    )  # fmt: skip
+    redis.hset(f"rq:results:{job_id}", mapping={"return_value": payload})
+    redis.rpush("rq:queue:rollouts", job_id)
+    redis.sadd("rq:queues", "rq:queue:rollouts")
+
+    fetch_job(job_id, redis)  # the trainer's watch tick
+    render_status(redis, "rollouts")  # python -m trainer.status
+    worker = subprocess.run(
+        [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url, "--burst"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert not marker.exists(), "a pickle from Redis was loaded"
+    assert worker.returncode == 0, worker.stderr[-2000:]
+
+
+def _job(step: int, group: int) -> RolloutJob:
+    return RolloutJob(
+        run_id="r", job_id=keys.job_id("r", step, group), step=step, group_index=group,
+        rollouts_per_group=3, scenario=Scenario(instance_id=f"task{group}", problem_statement="x"),
+        grading=None, policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint="http://x"),
+        limits=RolloutLimits(max_steps=1, max_context_tokens=1000, max_completion_tokens=10,
+                             code_timeout_s=1, max_output_chars=100, request_timeout_s=1,
+                             rollout_retries=0, retry_backoff_s=0),
+        system_prompt_fn="common.prompts:r2e_system_prompt",
+        reward_fn="common.rewards:finished_reward", results_stream=keys.results_stream("r"),
+        lease_ttl_s=2, enqueued_at=0.0,
+    )  # fmt: skip
+
+
+def test_results_of_a_later_step_are_kept_for_it(redis_url: str) -> None:
+    """Results of step 1 read while step 0 gathers (an earlier life of the trainer left them)
+    are handed to step 1, not left pending forever."""
+    redis = connect(redis_url)
+    collector = ResultCollector(redis, "r")
+    for step in (1, 0):
+        for group in range(2):
+            for index in range(3):
+                posted = result(group, index).model_copy(update={"step": step})
+                redis.xadd(keys.results_stream("r"), {"data": encode(posted)})
+    dispatcher = Dispatcher(rollout_queue("rollouts", redis), 60, 0, 2)
+    gatherer = Gatherer(collector, dispatcher, LocalServices(redis_url), 3, 6, 1.0, lambda *a: None)
+
+    async def both_steps() -> list[StepResults]:
+        first, _ = await gatherer.gather(0, [_job(0, 0), _job(0, 1)])
+        second, _ = await gatherer.gather(1, [_job(1, 0), _job(1, 1)])
+        return [first, second]
+
+    steps = asyncio.run(asyncio.wait_for(both_steps(), 20))
+    assert all(s.complete and s.received == 6 for s in steps)
+
+
+def test_an_ok_copy_beats_a_failed_one() -> None:
+    step = StepResults(step=0, groups=1, rollouts_per_group=3)
+    step.add("1", result(0, 0, failed=True))
+    step.add("2", result(0, 0))  # the job ran twice; the second run succeeded
+    step.add("3", result(0, 0, failed=True))
+    assert step.results[0][0].status == "ok" and step.duplicates == 2
+    step.fail_rollout(0, 1, ErrorInfo(type="RolloutDeadline", message="late"))
+    assert step.missing(0) == [2] and step.failed == 1
+
+
+def test_resume_refuses_a_changed_run_shape(tmp_path: Path) -> None:
+    config = ExperimentConfig(rollouts_per_group=4, max_concurrent=8)
+    state = PipelineState.fresh("run", 0, config)
+    previous = tmp_path / "pipeline_config.json"
+    previous.write_text(config.model_dump_json())
+    check_resume(state, config, previous)  # same config: fine
+    check_resume(state, config.model_copy(update={"learning_rate": 1e-5}), previous)  # logged
+    changed = ExperimentConfig(rollouts_per_group=8, max_concurrent=8, shuffle_seed=3)
+    with pytest.raises(ConfigError, match="--rollouts-per-group 4 -> 8, --shuffle-seed 0 -> 3"):
+        check_resume(state, changed, previous)
