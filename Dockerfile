@@ -27,4 +27,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     LITELLM_LOCAL_MODEL_COST_MAP=True
+# Refuses empty, short or placeholder secrets (REDIS_PASSWORD, GRADER_TOKEN, GATEWAY_TOKEN).
+COPY docker/check_secrets.sh /usr/local/bin/rlm-check-secrets
+ENTRYPOINT ["/usr/local/bin/rlm-check-secrets"]
 CMD ["python", "-m", "trainer", "--help"]

@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
@@ -41,6 +42,29 @@ def import_callable(path: str) -> Callable[..., Any]:
     if not callable(target):
         raise ConfigError(f"{path!r} is not callable: point it at a function")
     return target
+
+
+REDIS_URL_ENV = "REDIS_URL"  # the Redis URL (with its password) by environment, never argv
+REDACTED = "***"
+
+
+def redact_url(value: str) -> str:
+    """`value` with the password of a URL replaced (`redis://:***@host:6379/0`); anything else
+    unchanged. For whatever leaves the process: W&B, pipeline_config.json, --help, logs."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+
+
+def _redis_url_from_env() -> str | None:
+    return os.environ.get(REDIS_URL_ENV) or None
 
 
 def _to_callable(value: Any) -> Callable[..., Any]:
@@ -121,7 +145,9 @@ class ExperimentConfig(BaseModel):
 
     # --- Queue ---
     redis_url: str | None = Field(
-        None, description="Redis URL; unset: localhost:6379, else a private redis-server"
+        default_factory=_redis_url_from_env,
+        description="Redis URL (also from REDIS_URL, which keeps its password off the command "
+        "line); unset: localhost:6379, else a private redis-server",
     )
     queue_name: str = Field("rollouts", description="RQ queue the rollout workers listen on")
     job_timeout_s: int = Field(3600, ge=10, description="RQ timeout of one group job")
@@ -195,10 +221,19 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
+    def redacted_dump(self) -> dict[str, Any]:
+        """`model_dump(mode="json")` with every URL's password replaced: the form of the config
+        that may be written, logged or sent (W&B, pipeline_config.json)."""
+        return {
+            name: redact_url(value) if isinstance(value, str) else value
+            for name, value in self.model_dump(mode="json").items()
+        }
+
     @property
     def config_hash(self) -> str:
-        """Stable for equal configs, different for any changed value."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable for equal configs, different for any changed value but a password (the hash
+        is published: it must not be an oracle for one)."""
+        canonical = json.dumps(self.redacted_dump(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
@@ -214,7 +249,9 @@ class WorkerConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
 
     redis_url: str = Field(
-        "redis://localhost:6379/0", description="Redis URL of the trainer's queue"
+        default_factory=lambda: _redis_url_from_env() or "redis://localhost:6379/0",
+        description="Redis URL of the trainer's queue (also from REDIS_URL, which keeps its "
+        "password off the command line)",
     )
     queue_name: str = Field("rollouts", description="RQ queue to take rollout jobs from")
     redis_outage_s: float = Field(
@@ -276,6 +313,8 @@ def build_parser(model_cls: type[BaseModel], prog: str) -> argparse.ArgumentPars
         default = getattr(defaults, name)
         if callable(default):
             default = callable_path(default)
+        elif isinstance(default, str):
+            default = redact_url(default)  # REDIS_URL's password stays out of --help
         # SUPPRESS keeps unset flags out of the result, so a --config file can set them.
         kwargs: dict[str, Any] = {
             "help": f"{field.description} (default: {default})".replace("%", "%%"),

@@ -81,12 +81,16 @@ class Compose:
 def compose(project_image: str, tmp_path: Path) -> Iterator[tuple[Compose, dict[str, str]]]:
     env_file = tmp_path / ".env"
     password = uuid.uuid4().hex
-    env_file.write_text(f"REDIS_PASSWORD={password}\nGRADER_TOKEN={uuid.uuid4().hex}\n")
+    grader_token, gateway_token = uuid.uuid4().hex, uuid.uuid4().hex
+    env_file.write_text(
+        f"REDIS_PASSWORD={password}\nGRADER_TOKEN={grader_token}\nGATEWAY_TOKEN={gateway_token}\n"
+    )
     art = tmp_path / "art"
     art.mkdir()
     env = {
         "ENV_FILE": str(env_file), "RLM_IMAGE": project_image, "TEST_ART_DIR": str(art),
-        "REDIS_PASSWORD": password, "REDIS_PORT": str(free_port()), "LLM_PORT": str(free_port()),
+        "REDIS_PASSWORD": password, "GRADER_TOKEN": grader_token, "GATEWAY_TOKEN": gateway_token,
+        "REDIS_PORT": str(free_port()), "LLM_PORT": str(free_port()),
         "DASHBOARD_PORT": str(free_port()), "GRADER_PORT": str(free_port()), "LLM_DELAY_S": "0.4",
         "TRAINER_ARGS": "--groups-per-step 3 --rollouts-per-group 2 --max-concurrent 6 "
                         "--num-epochs 1 --dataset-size 6 --max-steps 4",
@@ -107,6 +111,10 @@ def test_compose_runs_training_with_scaled_workers_and_survives_a_stopped_worker
     art = Path(env["TEST_ART_DIR"]) / "rlm-training" / "models" / "r2e-rlm-qwen3-14b"
 
     wait_for(lambda: len(Worker.all(connection=redis)) == 3, 60, "three workers registered")
+    for service in ("redis", "rq-dashboard", "rollout-worker", "trainer"):
+        for container in runner.containers(service):  # every process's command line, as ps
+            top = subprocess.run(["docker", "top", container], capture_output=True, text=True)
+            assert top.returncode == 0 and env["REDIS_PASSWORD"] not in top.stdout, top.stdout
     assert httpx.get(f"http://127.0.0.1:{env['DASHBOARD_PORT']}/", timeout=10).status_code == 200
 
     def step_one_busy() -> bool:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
+import psutil
 import pytest
+import yaml
 
 from common.config import ExperimentConfig, parse_config
 from common.prompts import r2e_cot_system_prompt, r2e_system_prompt
 from common.rewards import binary_test_reward, finished_reward
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
+from trainer.services import free_port
 
 SEED_DEFAULTS = {
     "experiment_name": "default",
@@ -138,3 +146,168 @@ def test_local_backend_without_gpu_stops_at_once_with_advice(tmp_path) -> None:
         pytest.skip("this machine has a GPU")
     assert result.returncode == 2
     assert "--backend local needs a CUDA GPU" in result.stderr
+
+
+# --- Secrets: the Redis password stays out of everything that leaves a process --------------
+
+PASSWORD = "s3cret-0123456789abcdef"
+SECRET_URL = f"redis://:{PASSWORD}@redis-host:6379/0"
+SECRETS = ("REDIS_PASSWORD", "GRADER_TOKEN", "GATEWAY_TOKEN")
+
+
+def test_the_config_as_written_holds_no_password() -> None:
+    config = ExperimentConfig(redis_url=SECRET_URL)
+    dumped = json.dumps(config.redacted_dump())
+    assert PASSWORD not in dumped and "redis://:***@redis-host:6379/0" in dumped
+    assert config.redacted_dump()["learning_rate"] == config.learning_rate  # the rest is kept
+    other_password = ExperimentConfig(redis_url=SECRET_URL.replace(PASSWORD, "another-one"))
+    assert other_password.config_hash == config.config_hash  # the published hash: no oracle
+    assert ExperimentConfig(redis_url="redis://:x@elsewhere:6379/0").config_hash != (
+        config.config_hash
+    )
+
+
+def test_pipeline_config_json_and_the_wandb_config_hold_no_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer.loop import _write_resolved_config
+    from trainer.observability import WandbLogger
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = ExperimentConfig(redis_url=SECRET_URL, art_path=str(tmp_path))
+    _write_resolved_config(config, None)
+    logger = WandbLogger(config, None, "run-key")  # offline: W&B's own files, really written
+    logger.log_step(1, {"pipeline/step_wait_s": 1.0}, [])
+    logger.close()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "pipeline_config.json" for p in written)
+    # The run's config went into W&B's own run file, redacted.
+    assert any(
+        b"redis://:***@redis-host" in p.read_bytes() for p in written if p.suffix == ".wandb"
+    )
+    assert [p for p in written if PASSWORD.encode() in p.read_bytes()] == []
+
+
+def test_help_and_logs_hide_the_password() -> None:
+    env = {**os.environ, "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"}
+    help_text = subprocess.run(
+        [sys.executable, "-m", "rollout_workers", "--help"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "rollout_workers", "--redis-outage-s", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "redis://:***@127.0.0.1" in help_text.replace("\n", "").replace(" ", "")
+    assert unreachable.returncode == 2
+    assert "redis://:***@127.0.0.1" in unreachable.stderr  # REDIS_URL was read, and redacted
+    assert PASSWORD not in help_text + unreachable.stdout + unreachable.stderr
+
+
+def test_local_workers_get_the_redis_url_by_environment(tmp_path: Path) -> None:
+    from redis import Redis
+    from rq import Worker
+
+    from trainer.services import LocalServices
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--requirepass", PASSWORD],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    services = LocalServices(url)
+    try:
+        wait_for(lambda: _pings(url), 10, "a redis-server with a password")
+        services.start_workers(1, "secrets-test")
+        connection = Redis.from_url(url)
+        # It registered, so it had the password: not from its command line.
+        wait_for(lambda: len(Worker.all(connection=connection)) == 1, 60, "the worker registered")
+        [worker] = services.workers
+        process = psutil.Process(worker.pid)
+        # What it was started with (RQ later replaces its process title), and what it is now.
+        command_lines = [" ".join(map(str, worker.args)), " ".join(process.cmdline())]
+    finally:
+        services.stop()
+        server.terminate()
+        server.wait()
+    assert "rollout_workers" in command_lines[0]
+    assert [line for line in command_lines if PASSWORD in line] == []
+
+
+def _pings(url: str) -> bool:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except RedisError:
+        return False
+
+
+def _compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        ["docker-compose", "--env-file", str(env_file), "-f", "compose.yaml", "config"],
+        cwd=ROOT, env={**base, "ENV_FILE": str(env_file), **env}, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@pytest.mark.parametrize("missing", SECRETS)
+def test_compose_refuses_to_start_without_a_secret(tmp_path: Path, missing: str) -> None:
+    secrets = {name: uuid.uuid4().hex for name in SECRETS}
+    unset = _compose_config({k: v for k, v in secrets.items() if k != missing}, tmp_path)
+    empty = _compose_config({**secrets, missing: ""}, tmp_path)
+    complete = _compose_config(secrets, tmp_path)
+    for refused in (unset, empty):
+        assert refused.returncode != 0
+        assert f"set {missing} in .env" in refused.stderr, refused.stderr
+    assert complete.returncode == 0, complete.stderr
+    rendered = yaml.safe_load(complete.stdout)
+    for name, service in rendered["services"].items():
+        assert service["environment"][missing] == secrets[missing]
+        command = json.dumps(service.get("command", ""))
+        assert secrets["REDIS_PASSWORD"] not in command and "--redis-url" not in command, name
+
+
+def test_an_unedited_env_example_is_refused() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert all(example[name] == "" for name in SECRETS)  # compose's `:?` refuses empty ones
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "change-me-long-random", "change-me-long-random-grader-token", "short",
+     "has space 0123456789", "quote\"0123456789abc", "at@0123456789abcdef"],
+)  # fmt: skip
+def test_the_image_entrypoint_refuses_placeholder_secrets(value: str) -> None:
+    for name in SECRETS:
+        if name != "REDIS_PASSWORD" and value.startswith(("has", "quote", "at")):
+            continue  # URL-safe characters are asked of the Redis password only
+        env = {**os.environ, name: value}
+        result = subprocess.run(
+            ["sh", "docker/check_secrets.sh", "echo", "started"],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 78 and result.stdout == "", (name, value)
+        [line] = result.stderr.splitlines()
+        assert line.startswith("refusing to start:") and name in line
+
+
+def test_the_image_entrypoint_runs_the_command_with_good_or_unset_secrets() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    env["GRADER_TOKEN"] = uuid.uuid4().hex  # a worker on another machine sets only this one
+    result = subprocess.run(
+        ["sh", "docker/check_secrets.sh", "echo", "started"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "started\n"), result.stderr

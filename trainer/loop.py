@@ -313,7 +313,7 @@ def _write_resolved_config(config: ExperimentConfig, model: Any) -> None:
     """The config as resolved, next to the model's checkpoints (written then renamed)."""
     directory = _resolved_config_path(config).parent
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
+    payload = {**config.redacted_dump(), "config_hash": config.config_hash}  # no passwords
     tmp = directory / "pipeline_config.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(directory / "pipeline_config.json")

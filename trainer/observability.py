@@ -23,7 +23,7 @@ class WandbLogger:
         if not config.wandb:
             os.environ["WANDB_MODE"] = "disabled"
             return
-        run_config = {**config.model_dump(mode="json"), "config_hash": config.config_hash}
+        run_config = {**config.redacted_dump(), "config_hash": config.config_hash}
         if not os.environ.get("WANDB_API_KEY"):
             # An empty key (say, `WANDB_API_KEY=` in .env) is no key: ART would try it online.
             os.environ.pop("WANDB_API_KEY", None)

@@ -20,6 +20,7 @@ import httpx
 from redis import Redis
 from redis.exceptions import RedisError
 
+from common.config import REDIS_URL_ENV
 from common.errors import ConfigError
 from common.grading import TOKEN_ENV
 from common.process import die_with_parent
@@ -102,12 +103,13 @@ class LocalServices:
         )
 
     def _spawn_worker(self) -> subprocess.Popen:
-        env = dict(os.environ)
+        # The Redis URL (its password) by environment: a command line is readable by every
+        # user of the host (ps, /proc/PID/cmdline).
+        env = {**os.environ, REDIS_URL_ENV: self.redis_url}
         if self.grader_token:
             env[TOKEN_ENV] = self.grader_token
         return subprocess.Popen(
-            [sys.executable, "-m", "rollout_workers", "--redis-url", self.redis_url,
-             "--queue-name", self.queue_name],
+            [sys.executable, "-m", "rollout_workers", "--queue-name", self.queue_name],
             env=env,
             # A worker whose trainer died gets SIGTERM: it requeues its job and exits.
             preexec_fn=die_with_parent(signal.SIGTERM),
