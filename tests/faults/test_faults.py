@@ -23,6 +23,7 @@ from tests.fakes.recording_backend import CRASH_AFTER_TRAIN_ENV
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.faults.invariants import FaultRun, assert_invariants
 from trainer.services import start_redis_server
+from trainer.status import render_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,6 +161,29 @@ def test_redis_restart_mid_step(
         server.wait(10)
 
 
+def test_redis_outage_past_the_bound_stops_the_trainer_clearly(
+    dataset: Path, tmp_path: Path, processes: Processes
+) -> None:
+    server, url = start_redis_server(tmp_path / "redis", appendonly=False)
+    try:
+        with ScriptedLLM(delay_s=0.2, script=thinking) as llm:
+            run = FaultRun(
+                url, llm.url, dataset, tmp_path / "art", max_wall_s=60,
+                overrides={"redis_outage_s": 3},
+            )  # fmt: skip
+            processes.worker(url, "a")
+            trainer = processes.trainer(run.args())
+            busy_worker(url)
+            server.kill()
+            server.wait(10)
+            assert trainer.wait(30) == 3, processes.logs()
+        assert "Redis unreachable for more than --redis-outage-s 3s" in processes.logs()
+        assert train_calls(run.art_path) == []
+    finally:
+        server.kill()
+        server.wait(10)
+
+
 def test_result_entry_lost_before_delivery_is_rerun(
     redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
@@ -280,6 +304,15 @@ def test_rollout_past_its_deadline_is_rerun_alone(
         trainer = processes.trainer(run.args())
         wait_for(lambda: llm.held_at_least(1), 60, "a request hanging")
         started = time.monotonic()
+        status = wait_for(
+            lambda: (
+                (text := render_status(Redis.from_url(redis_url), "rollouts"))
+                * ("waiting for g" in text)
+            ),
+            10,
+            "the status to say what the step waits for",
+        )
+        assert "rollouts [" in status, status
         assert trainer.wait(60) == 0, processes.logs()
         assert time.monotonic() - started < 30, "the step did not wait for the hang to end"
         llm.release()  # the hung job ends; nothing may be left running after it
