@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import socket
 import threading
 import time
@@ -168,6 +169,21 @@ def test_a_huge_body_without_the_token_is_refused_unread() -> None:
     assert status_of(refused) == 401
     assert status_of(expect) == 401 and b"100 Continue" not in expect
     assert upstream.paths == []
+
+
+def test_a_client_with_the_token_is_invited_to_send_its_body() -> None:
+    body = json.dumps(BODY).encode()
+    with (
+        RecordingUpstream() as upstream,
+        running(upstream.url) as gateway,
+        socket.create_connection(gateway.server_address, timeout=10) as sock,
+    ):
+        sock.sendall(head("/v1/chat/completions", len(body), True, "Expect: 100-continue\r\n"))
+        invited = sock.recv(65536)
+        sock.sendall(body)
+        answer = sock.recv(65536)
+    assert invited == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status_of(answer) == 200 and upstream.paths == ["/v1/chat/completions"]
 
 
 def test_bodies_are_bounded() -> None:

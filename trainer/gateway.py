@@ -188,6 +188,7 @@ class _Proxy:
         if (request.content_length or 0) > self.gateway.max_body_bytes:
             return self._refuse(self._too_large())
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the response starts after it
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
