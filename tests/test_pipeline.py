@@ -85,6 +85,17 @@ def test_two_steps_with_local_workers(
     last = history(art_path)[-1]
     assert last["pipeline/rollouts"] == GROUPS * ROLLOUTS
     assert last["pipeline/failed_rollouts"] == 0
+    assert last["pipeline/redis_used_memory_mb"] > 0
+    # Retention: checkpointed entries left the stream; the finished run's keys expire.
+    redis = Redis.from_url(redis_url)
+    stream = results_stream(art_path)
+    assert redis.xlen(stream) == 0
+    ttl_days = redis.ttl(stream) / 86400
+    assert 2.9 < ttl_days <= 3, "a finished run's keys expire after --keys-ttl-days"
+    status_key = keys.trainer_status(pipeline_state(art_path)["run_key"])
+    assert 2.9 < redis.ttl(status_key) / 86400 <= 3
+    job_key = f"rq:job:{keys.job_id(pipeline_state(art_path)['run_key'], 0, 0)}"
+    assert 0 < redis.ttl(job_key) <= 86400, "a shorter time to live is kept (RQ's result_ttl)"
     # No WANDB_API_KEY here: the run went to W&B offline, with the config and its hash.
     [offline] = (model_dir(art_path) / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb"))

@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 def expire_run_keys(connection: Redis, run_id: str, ttl_s: float) -> int:
-    """Give every key of the finished run a time to live; returns how many."""
+    """Give every key of the finished run a time to live (never a longer one than it had);
+    returns how many."""
     count = 0
     for pattern in keys.run_key_patterns(run_id):
         with connection.pipeline(transaction=False) as pipe:
             for key in connection.scan_iter(match=pattern, count=500):
-                pipe.expire(key, int(ttl_s))
+                pipe.expire(key, int(ttl_s), nx=True)  # keys that would live forever
+                pipe.expire(key, int(ttl_s), lt=True)  # and those that would outlive it
                 count += 1
             pipe.execute()
     log.info("run %s finished: its %d Redis keys expire in %.1f days", run_id, count, ttl_s / 86400)
