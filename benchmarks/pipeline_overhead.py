@@ -32,7 +32,6 @@ from pathlib import Path
 
 import psutil
 from redis import Redis
-from rq import Queue
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,7 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from common import keys  # noqa: E402
 from common.config import import_callable  # noqa: E402
-from common.queue import enqueue_group  # noqa: E402
+from common.queue import enqueue_group, rollout_queue  # noqa: E402
 from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario  # noqa: E402
 from rollout_workers.job import score  # noqa: E402
 from rollout_workers.policy import PolicyClient  # noqa: E402
@@ -86,7 +85,7 @@ def run_through_queue(
 ) -> tuple[list[float], list[float], float]:
     """Enqueue like the trainer (a new job when one completes); (latencies, overheads, seconds)."""
     collector = ResultCollector(connection, RUN_ID)
-    queue = Queue("bench", connection=connection)
+    queue = rollout_queue("bench", connection)
     waiting = list(jobs)
     received_per_job: dict[str, int] = {}
     latencies: list[float] = []
@@ -101,7 +100,7 @@ def run_through_queue(
     for _ in range(min(in_flight, len(waiting))):
         enqueue_next()
     while len(latencies) < total:
-        for received in collector.poll(block_ms=200):
+        for received in collector.poll(block_ms=200).received:
             now = time.time()
             result = received.result
             latencies.append(now - result.enqueued_at)
