@@ -12,7 +12,7 @@ import json
 import pytest
 
 from common.grading import GradeReport
-from common.rewards import RewardInput, binary_test_reward, exact_match
+from common.rewards import RewardInput, binary_test_reward
 from tests.test_grader import grade, request_for
 
 pytestmark = pytest.mark.docker
@@ -222,13 +222,20 @@ def test_honest_fixes_still_pay_including_edits_to_shared_config(
 
 
 def test_a_module_that_prints_forever_is_bounded(fixture_tasks, grader_service) -> None:
+    """Printing forever, to the tests' output and to the container's own stdout: the log is cut
+    at 128 MiB in the container, the grader keeps only the last 9 MiB of the stream, and the
+    answer is a normal report (not an engine error) that pays nothing."""
     calc = _tasks(fixture_tasks)["calc"]
     flood = (
         "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
-        "@@ -1,2 +1,6 @@\n+import sys\n+\n+while True:\n"
-        '+    sys.__stdout__.write("PASSED r2e_tests/test_ops.py::test_add " * 1000)\n'
+        "@@ -1,2 +1,8 @@\n+import sys\n+\n"
+        '+line = "PASSED r2e_tests/test_ops.py::test_add\\n" * 1000\n'
+        '+with open("/proc/1/fd/1", "w") as channel:\n'
+        "+    while True:\n"
+        "+        sys.__stdout__.write(line); channel.write(line)\n"
         " def add(a, b):\n     return a - b\n"
     )
-    report = grade(grader_service, request_for(calc, flood, timeout_s=20))
+    report = grade(grader_service, request_for(calc, flood, timeout_s=8))
     assert len(report.log_tail) <= 4000
-    assert not exact_match(report.statuses, json.loads(calc.row["expected_output_json"]))
+    assert report.tampered and report.statuses == {}
+    assert any("around the test log" in finding for finding in report.tamper), report.tamper
