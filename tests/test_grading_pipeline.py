@@ -17,7 +17,7 @@ from common.config import ExperimentConfig, parse_config
 from common.grading import TOKEN_ENV
 from common.repo_cache import read_index
 from producer.repo_cache import fill_cache
-from tests.conftest import GRADER_TEST_TOKEN, ROOT, train_calls, trainer_args
+from tests.conftest import GRADER_TEST_TOKEN, ROOT, history, train_calls, trainer_args
 from tests.fakes.agent_scripts import FixingAgent
 from tests.fakes.scripted_llm import ScriptedLLM
 from trainer.loop import run_training
@@ -98,3 +98,5 @@ def test_rewards_come_from_the_hidden_tests(
     for group in call["groups"]:
         # Even conversations apply the right fix, odd ones a wrong one.
         assert sorted(group["rewards"]) == [0.0, 0.0, 1.0, 1.0], group
+    # Graded, none tampering: the step says so (reward hacking would show here first).
+    assert history(art_path)[-1]["reward/tamper_rate"] == 0.0
