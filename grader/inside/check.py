@@ -151,9 +151,9 @@ def runner_command(run_tests: str) -> tuple[list[str], list[str]]:
 
 
 def pytest_settings(name: str, text: str | None) -> object:
-    """What pytest would read from a shared configuration file (None: no file)."""
-    if text is None:
-        return None
+    """What pytest would read from a shared configuration file (None: no file, which reads as
+    an empty one: a new file without a pytest section changes nothing pytest does)."""
+    text = text or ""
     if name == "pyproject.toml":
         # No TOML parser in every image's standard library: keep the [tool.pytest...] tables and
         # any line naming pytest (dotted keys, inline tables).
