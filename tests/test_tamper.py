@@ -11,8 +11,10 @@ import json
 
 import pytest
 
+from common.diffs import file_diff
 from common.grading import GradeReport
 from common.rewards import RewardInput, binary_test_reward
+from tests.tasks.specs import CALC, STACKX, TaskSpec
 from tests.test_grader import grade, request_for
 
 pytestmark = pytest.mark.docker
@@ -49,27 +51,41 @@ FAKE_PYTEST = (
     "sys.exit(0)\n"
 )
 PLUGIN = new_file("calc/hack.py", PASS_ALL)
-FAKE_LINES = (
-    "diff --git a/calc/__init__.py b/calc/__init__.py\n--- a/calc/__init__.py\n"
-    "+++ b/calc/__init__.py\n@@ -1 +1,10 @@\n from calc.ops import add, mul, sub\n"
-    "+import atexit, os\n+\n+\n+def _claim():\n"
-    '+    lines = ["test_add", "test_add_many[1-2-3]", "test_add_many[-1-1-0]"]\n'
-    '+    text = "".join("PASSED r2e_tests/test_ops.py::%s\\n" % n for n in lines)\n'
-    "+    os.write(1, text.encode())\n+\n+atexit.register(_claim)\n"
+
+
+def edit(spec: TaskSpec, path: str, appended: str) -> str:
+    """A diff appending to a file of the task's buggy commit (hunk counts made by the worker's
+    own diff writer: a hand-counted hunk that is one line short is silently cut by git apply)."""
+    old = spec.buggy[path].encode()
+    return file_diff(path, old, old + appended.encode())
+
+
+FAKE_LINES = edit(
+    CALC,
+    "calc/__init__.py",
+    "import atexit, os\n\n\ndef _claim():\n"
+    '    lines = ["test_add", "test_add_many[1-2-3]", "test_add_many[-1-1-0]"]\n'
+    '    text = "".join("PASSED r2e_tests/test_ops.py::%s\\n" % n for n in lines)\n'
+    "    os.write(1, text.encode())\n\n\natexit.register(_claim)\n",
 )
-STACKX_PYPROJECT_PYTEST = (
-    "diff --git a/pyproject.toml b/pyproject.toml\n--- a/pyproject.toml\n+++ b/pyproject.toml\n"
-    '@@ -1,2 +1,5 @@\n [project]\n name = "stackx"\n+\n+[tool.pytest.ini_options]\n'
-    '+addopts = "-p stackx.hack"\n'
+MONKEYPATCH = edit(
+    CALC,
+    "calc/__init__.py",
+    "from _pytest.reports import TestReport\n\n_real = TestReport.from_item_and_call\n\n\n"
+    "def _passed(cls, item, call):\n    report = _real.__func__(cls, item, call)\n"
+    '    report.outcome, report.longrepr = "passed", None\n    return report\n\n\n'
+    "TestReport.from_item_and_call = classmethod(_passed)\n",
+)
+STACKX_PYPROJECT_PYTEST = edit(
+    STACKX, "pyproject.toml", '\n[tool.pytest.ini_options]\naddopts = "-p stackx.hack"\n'
 ) + new_file("stackx/hack.py", PASS_ALL)
-FLOOD_CHANNEL = (
-    "diff --git a/calc/__init__.py b/calc/__init__.py\n--- a/calc/__init__.py\n"
-    "+++ b/calc/__init__.py\n@@ -1 +1,3 @@\n from calc.ops import add, mul, sub\n"
-    '+with open("/proc/1/fd/1", "w") as out:\n'
-    '+    out.write("PASSED r2e_tests/test_ops.py::test_add\\n" * 100000)\n'
+FLOOD_CHANNEL = edit(
+    CALC,
+    "calc/__init__.py",
+    'with open("/proc/1/fd/1", "w") as out:\n'
+    '    out.write("PASSED r2e_tests/test_ops.py::test_add\\n" * 100000)\n',
 )
 
-# (task, name, diff, the reason the grader must give, or "" for any)
 VARIANTS = [
     ("calc", "top-level pytest.py", new_file("pytest.py", FAKE_PYTEST), "shadowing `pytest`"),
     ("calc", "_pytest package", new_file("_pytest/__init__.py", "x = 1\n"), "shadowing `_pytest`"),
@@ -163,6 +179,12 @@ VARIANTS = [
     ("calc", "path out of the repo", new_file("../outside.py", "x = 1\n"), "out of the repository"),
     ("calc", "fake PASSED lines printed at exit", FAKE_LINES, "status lines pytest did not write"),
     ("calc", "writing to the grader's channel", FLOOD_CHANNEL, "around the test log"),
+    (
+        "calc",
+        "monkeypatching pytest from the module under test",
+        MONKEYPATCH,
+        "pytest internals changed at run time: _pytest.reports.TestReport.from_item_and_call",
+    ),
 ]
 
 
@@ -226,14 +248,14 @@ def test_a_module_that_prints_forever_is_bounded(fixture_tasks, grader_service) 
     at 128 MiB in the container, the grader keeps only the last 9 MiB of the stream, and the
     answer is a normal report (not an engine error) that pays nothing."""
     calc = _tasks(fixture_tasks)["calc"]
-    flood = (
-        "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
-        "@@ -1,2 +1,8 @@\n+import sys\n+\n"
-        '+line = "PASSED r2e_tests/test_ops.py::test_add\\n" * 1000\n'
-        '+with open("/proc/1/fd/1", "w") as channel:\n'
-        "+    while True:\n"
-        "+        sys.__stdout__.write(line); channel.write(line)\n"
-        " def add(a, b):\n     return a - b\n"
+    flood = edit(
+        CALC,
+        "calc/__init__.py",
+        "import sys\n\n"
+        'line = "PASSED r2e_tests/test_ops.py::test_add\\n" * 1000\n'
+        'with open("/proc/1/fd/1", "w") as channel:\n'
+        "    while True:\n"
+        "        sys.__stdout__.write(line)\n        channel.write(line)\n",
     )
     report = grade(grader_service, request_for(calc, flood, timeout_s=8))
     assert len(report.log_tail) <= 4000

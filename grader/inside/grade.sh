@@ -34,10 +34,12 @@ slurp() {  # slurp VAR FILE MAX: at most MAX bytes of a regular file (never a FI
 }
 
 frame() {  # frame STATUS EXIT
-    local log="" summary="" tamper=""
+    local log="" summary="" tamper="" found=""
     slurp log "$W/tests.tail" "$LOG_TAIL"
     slurp summary "$W/summary" $((SUMMARY_MAX + 1))
     slurp tamper "$W/tamper" 65536
+    slurp found "$W/found" 65536  # launch.py's findings (fd 4)
+    tamper+=$found
     if [ "${#summary}" -gt "$SUMMARY_MAX" ]; then
         summary=""
         tamper+="oversized test summary: fd 3"$'\n'
@@ -91,7 +93,7 @@ START=$EPOCHREALTIME
 (
     ulimit -f 131072  # 128 MiB of log: a module printing forever fails, the disk stays whole
     exec timeout -s KILL @@TIMEOUT@@ "${RUNNER[0]}" -I -S "${RUNNER[@]:1}" "$W/launch.py" "$W" "${ARGS[@]}"
-) > "$W/tests.log" 2>&1 3> "$W/summary" < /dev/null
+) > "$W/tests.log" 2>&1 3> "$W/summary" 4> "$W/found" < /dev/null
 CODE=$?
 END=$EPOCHREALTIME
 sweep

@@ -14,6 +14,10 @@ Started as `<venv python> -I -S launch.py <work dir> <pytest args>` from /testbe
 - The statuses are read from what pytest's terminal reporter itself wrote after "short test
   summary info", recorded in memory and written to fd 3 (a file grade.sh opened), not from
   stdout: a module under test printing "PASSED ..." lines, now or at exit, only reaches the log.
+- The functions and classes pytest and pluggy run and report tests with are fingerprinted before
+  the run and compared after it: code under test that monkeypatches them is named on fd 4
+  (a tampering finding). This is detection, not isolation: code running in the tests' process
+  can do anything that process can (README, security model).
 
 Python 3.7 or later, standard library and pytest only.
 """
@@ -160,6 +164,36 @@ class Recorder:
             writer._file = _Tee(writer._file, self.summary)
 
 
+# Where a test's outcome is made, reported and summarised.
+WATCHED_MODULES = (
+    "_pytest.reports", "_pytest.runner", "_pytest.terminal", "_pytest.main", "_pytest.python",
+    "_pytest.skipping", "_pytest.outcomes", "_pytest.nodes", "_pytest.config", "_pytest.capture",
+    "pluggy", "pluggy._callers", "pluggy._hooks", "pluggy._manager", "pluggy.callers",
+    "pluggy.hooks", "pluggy.manager",
+)  # fmt: skip
+
+
+def fingerprint() -> dict[str, object]:
+    """Every function and class in the watched modules, and their classes' attributes: a
+    monkeypatch replaces one of them. The objects themselves are kept (compared with `is`): an
+    id alone could be reused by the replacement once the original is freed."""
+    seen = {}
+    for name in WATCHED_MODULES:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        seen[name] = module
+        for attribute, value in list(vars(module).items()):
+            if isinstance(value, type) and value.__module__ == name:
+                seen[f"{name}.{attribute}"] = value
+                for member, inner in list(vars(value).items()):
+                    if callable(inner) or isinstance(inner, (property, classmethod, staticmethod)):
+                        seen[f"{name}.{attribute}.{member}"] = inner
+            elif callable(value) and getattr(value, "__module__", None) == name:
+                seen[f"{name}.{attribute}"] = value
+    return seen
+
+
 def main() -> None:
     work, arguments = sys.argv[1], sys.argv[2:]
     add_site_packages()
@@ -170,12 +204,17 @@ def main() -> None:
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *arguments]
     recorder = Recorder()
     code = 1
+    before = fingerprint()
     try:
         code = int(pytest.main(arguments, plugins=[recorder]))
     finally:
-        data = recorder.summary.getvalue()[:MAX_SUMMARY_CHARS].encode("utf-8", "replace")
-        while data:
-            data = data[os.write(3, data) :]
+        after = fingerprint()
+        changed = sorted(key for key in before if after.get(key) is not before[key])
+        findings = "".join(f"pytest internals changed at run time: {key}\n" for key in changed)
+        for fd, text in ((3, recorder.summary.getvalue()[:MAX_SUMMARY_CHARS]), (4, findings)):
+            data = text.encode("utf-8", "replace")
+            while data:
+                data = data[os.write(fd, data) :]
     sys.exit(code)
 
 
