@@ -75,9 +75,11 @@ async def validate_task(client: Any, row: dict[str, Any], runs: int, timeout_s: 
             except GraderError as exc:
                 verdict.problems.append(f"{label}: grading error: {exc}")
                 break
-            ok = exact_match(report.statuses, task.grading.expected)
+            ok = not report.tampered and exact_match(report.statuses, task.grading.expected)
             scores.append(1.0 if ok else 0.0)
-            if label == "gold" and not ok:
+            if report.tampered:  # the gold patch itself touches what runs the tests
+                verdict.problems.append(f"{label}: flagged as tampering: {report.tamper[:3]}")
+            if label == "gold" and not ok and not report.tampered:
                 wrong = sorted(
                     k for k, v in task.grading.expected.items() if report.statuses.get(k) != v
                 )
