@@ -21,6 +21,12 @@ from common.errors import GraderError
 from common.grading import GradeRequest
 from common.rewards import exact_match
 
+# Root files that configure the test runner. The grader runs the image's own (an agent's edit to
+# their pytest settings is tampering), so the gold patch leaves them out as an honest agent would.
+RUNNER_CONFIG = frozenset(
+    {"conftest.py", "pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml"}
+)
+
 
 def gold_patch(parsed_commit_content: str) -> str:
     """The fix commit's changes to non-test files as a unified diff."""
@@ -29,6 +35,8 @@ def gold_patch(parsed_commit_content: str) -> str:
     for entry in commit.get("file_diffs", []):
         path = entry["header"]["file"]["path"]
         if path.startswith(("r2e_tests/", "tests/", "test/")) or "/test_" in f"/{path}":
+            continue
+        if path in RUNNER_CONFIG:  # restored to the image's own by the grader in any case
             continue
         old = (entry.get("old_file_content") or "").encode()
         new = (entry.get("new_file_content") or "").encode()
