@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import importlib
 import importlib.machinery
 import io
@@ -153,9 +154,37 @@ class _Tee:
         return getattr(self._inner, name)
 
 
+def hidden_test_digests() -> dict[str, str]:
+    """sha256 of every hidden test source (r2e_tests, restored by grade.sh) and the root conftest:
+    code under test rewriting a test file before it is collected is named, not paid."""
+    digests = {}
+    paths = [os.path.join(TESTBED, "conftest.py")]
+    for directory, subdirs, names in os.walk(os.path.join(TESTBED, "r2e_tests")):
+        subdirs[:] = [name for name in subdirs if name != "__pycache__"]
+        paths += [os.path.join(directory, name) for name in names]
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                digests[os.path.relpath(path, TESTBED)] = hashlib.sha256(file.read()).hexdigest()
+        except OSError:
+            digests[os.path.relpath(path, TESTBED)] = "unreadable"
+    return digests
+
+
 class Recorder:
     def __init__(self) -> None:
         self.summary = io.StringIO()
+        self.tests = hidden_test_digests()
+        self.changed: set[str] = set()
+
+    def _compare(self) -> None:
+        now = hidden_test_digests()
+        self.changed |= {
+            path for path in self.tests.keys() | now.keys() if self.tests.get(path) != now.get(path)
+        }
+
+    def pytest_collection_finish(self, session: object) -> None:
+        self._compare()  # once every test file has been read, and again after the run
 
     def pytest_sessionstart(self, session: object) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -210,7 +239,11 @@ def main() -> None:
     finally:
         after = fingerprint()
         changed = sorted(key for key in before if after.get(key) is not before[key])
+        recorder._compare()
         findings = "".join(f"pytest internals changed at run time: {key}\n" for key in changed)
+        findings += "".join(
+            f"hidden tests changed at run time: {path}\n" for path in sorted(recorder.changed)
+        )
         for fd, text in ((3, recorder.summary.getvalue()[:MAX_SUMMARY_CHARS]), (4, findings)):
             data = text.encode("utf-8", "replace")
             while data:
