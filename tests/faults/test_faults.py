@@ -273,6 +273,7 @@ def test_policy_faults_are_retried_never_posted(
         rows = assert_invariants(run, processes.trainer(run.args()), processes.logs())
         assert dict(llm.faults_served) == faults
     assert sum(r["pipeline/groups_dropped"] for r in rows) == 0
+    assert sum(r["pipeline/dead_letters"] for r in rows) == 0, "a bad response went on the wire"
 
 
 def test_policy_that_keeps_aborting_drops_groups_never_scores_them(
