@@ -50,7 +50,11 @@ def _regular_files(root: Path) -> dict[str, Path]:
     FIFO or device the agent made is never opened (a FIFO would block the read forever)."""
     files = {}
     for directory, subdirs, names in os.walk(root, followlinks=False):
-        subdirs[:] = [name for name in subdirs if name not in SKIPPED_PARTS]
+        # Build metadata an install inside the sandbox leaves behind is not the agent's work (and
+        # the grader would take a changed entry_points.txt for an attempt to register a plugin).
+        subdirs[:] = [
+            name for name in subdirs if name not in SKIPPED_PARTS and not name.endswith(".egg-info")
+        ]
         for name in names:
             path = Path(directory, name)
             try:

@@ -104,9 +104,11 @@ def test_unchanged_empty_and_special_files(tmp_path: Path) -> None:
     assert diff_against(original, work) == ""
     (work / "new_empty.py").write_bytes(b"")
     os.mkfifo(work / "fifo")  # would block a reader forever: must never be opened
+    (work / "calc.egg-info").mkdir()  # left by `pip install -e .` in the sandbox: not work
+    (work / "calc.egg-info" / "entry_points.txt").write_text("[pytest11]\n")
     (work / "link.py").symlink_to("/etc/passwd")  # never followed
     diff = diff_against(original, work)
-    assert "fifo" not in diff and "link.py" not in diff
+    assert "fifo" not in diff and "link.py" not in diff and "egg-info" not in diff
     _git_apply(original, diff)
     assert (original / "new_empty.py").read_bytes() == b""
     assert file_diff("x.py", b"a\n", b"a\n") == ""
