@@ -73,14 +73,25 @@ def add_site_packages() -> None:
 
 
 class PinnedFinder:
-    """Resolves pinned top-level names outside /testbed only (before the path finder)."""
+    """Resolves pinned top-level names outside /testbed only (before the path finder), and
+    notes each one the repository now shadows: `shadowed` are modules the run imported that
+    the diff's files would have replaced."""
 
     def __init__(self, pinned: set[str]) -> None:
         self.pinned = pinned
+        self.shadowed: set[str] = set()
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if path is not None or name not in self.pinned:
             return None
+        candidates = [
+            os.path.join(TESTBED, name + ".py"),
+            os.path.join(TESTBED, name, "__init__.py"),
+        ]
+        if any(os.path.exists(c) for c in candidates) or glob.glob(
+            os.path.join(TESTBED, name + ".*.so")
+        ):
+            self.shadowed.add(name)
         outside = [entry for entry in sys.path if not _inside(entry)]
         spec = importlib.machinery.PathFinder.find_spec(name, outside)
         if spec is None:
@@ -88,7 +99,7 @@ class PinnedFinder:
         return spec
 
 
-def pin_modules(work: str) -> None:
+def pin_modules(work: str) -> PinnedFinder:
     with open(os.path.join(work, "head-modules")) as file:
         own = set(file.read().split("\n"))
     names = set(sys.builtin_module_names) | set(getattr(sys, "stdlib_module_names", ()))
@@ -105,6 +116,7 @@ def pin_modules(work: str) -> None:
         len(sys.meta_path),
     )
     sys.meta_path.insert(at, finder)
+    return finder
 
 
 def import_pytest() -> object:
@@ -228,7 +240,7 @@ def main() -> None:
     add_site_packages()
     pytest = import_pytest()
     load_entry_points_outside_testbed()
-    pin_modules(work)
+    pinned = pin_modules(work)
     sys.path.insert(0, TESTBED)  # as `python -m` puts the working directory first
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *arguments]
     recorder = Recorder()
@@ -243,6 +255,10 @@ def main() -> None:
         findings = "".join(f"pytest internals changed at run time: {key}\n" for key in changed)
         findings += "".join(
             f"hidden tests changed at run time: {path}\n" for path in sorted(recorder.changed)
+        )
+        findings += "".join(
+            f"new module shadowing `{name}` (imported during the tests): {name}\n"
+            for name in sorted(pinned.shadowed)
         )
         for fd, text in ((3, recorder.summary.getvalue()[:MAX_SUMMARY_CHARS]), (4, findings)):
             data = text.encode("utf-8", "replace")
