@@ -51,7 +51,8 @@ def sandbox_processes(uid: int | None) -> list[psutil.Process]:
 
 
 def assert_clean(repl: Repl) -> None:
-    assert sandbox_processes(repl.uid) == [], "sandbox processes outlived the REPL"
+    left = [(p.pid, p.status(), p.ppid(), p.name()) for p in sandbox_processes(repl.uid)]
+    assert left == [], f"sandbox processes outlived the REPL (pid, status, parent, name): {left}"
 
 
 def test_no_network() -> None:
@@ -111,7 +112,8 @@ def test_host_files_are_out_of_reach(tmp_path: Path) -> None:
 def test_fork_bomb_is_capped_and_cleaned_up() -> None:
     bomb = "import os\nwhile True:\n    os.fork()"
     results, repl, _ = hostile_session([(bomb, 10), ("print('alive')", 20)])
-    assert "BlockingIOError" in results[0].output or results[0].restarted or results[0].timed_out
+    first = results[0]
+    assert "BlockingIOError" in first.output or first.restarted or first.timed_out, first
     assert results[1].output.strip() == "alive"
     assert_clean(repl)
 
