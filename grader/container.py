@@ -173,10 +173,13 @@ def _interpret(output: bytes, total: int, stderr: bytes, returncode: int, image:
     if total > len(output) or len(body) > log_n + summary_n + tamper_n:
         tamper.append("output written around the test log: the container's stdout")
     statuses = parse_pytest_log(summary)
+    # A test whose status in the printed output is not the one pytest reported: lines were
+    # printed to claim it. Keys pytest never reported are left alone: a line split by stray
+    # stderr output makes one, and a claim about a test that does not exist pays nothing.
     faked = sorted(
         key
         for key, value in parse_pytest_log(log_text).items()
-        if key and statuses.get(key) != value
+        if key in statuses and statuses[key] != value
     )
     if faked:
         tamper.append(f"test status lines pytest did not write: {', '.join(faked)[:500]}")
