@@ -3,6 +3,7 @@ the worker lives on, and nothing is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -51,7 +52,10 @@ def sandbox_processes(uid: int | None) -> list[psutil.Process]:
 
 
 def assert_clean(repl: Repl) -> None:
-    left = [(p.pid, p.status(), p.ppid(), p.name()) for p in sandbox_processes(repl.uid)]
+    left = []
+    for process in sandbox_processes(repl.uid):
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone meanwhile: not left over
+            left.append((process.pid, process.status(), process.ppid(), process.name()))
     assert left == [], f"sandbox processes outlived the REPL (pid, status, parent, name): {left}"
 
 
