@@ -77,7 +77,9 @@ class Processes:
         self.tmp_path = tmp_path
         self.started: list[subprocess.Popen] = []
 
-    def worker(self, redis_url: str, name: str) -> subprocess.Popen:
+    def worker(
+        self, redis_url: str, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         return self._spawn(
             [
                 sys.executable,
@@ -89,6 +91,7 @@ class Processes:
                 name,
             ],
             f"worker-{name}",
+            env,
         )
 
     def trainer(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -6,6 +6,9 @@ suite stays fast; tests act on events (a worker busy, a request held), never on 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -319,3 +322,55 @@ def test_rollout_past_its_deadline_is_rerun_alone(
         llm.release()  # the hung job ends; nothing may be left running after it
         rows = assert_invariants(run, None, processes.logs())
     assert rows[0]["pipeline/rerun_rollouts"] == 1, "only the late rollout is rerun"
+
+
+FAILING_BWRAP = """#!/bin/sh
+# bubblewrap that cannot create its namespaces (Docker's default seccomp, userns restrictions);
+# the first {failures} starts fail, then the real one runs.
+n=$(ls "{starts}" | wc -l); touch "{starts}/$$"
+if [ "$n" -lt {failures} ]; then
+    echo "bwrap: setting up uid map: Permission denied" >&2
+    exit 1
+fi
+exec {real} "$@"
+"""
+
+
+@pytest.mark.parametrize("failures", [None, 2], ids=["never-starts", "fails-twice"])
+def test_sandbox_that_cannot_start_is_infrastructure_never_reward_0(
+    failures: int | None,
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    llm: ScriptedLLM,
+    dataset: Path,
+    tmp_path: Path,
+    processes: Processes,
+) -> None:
+    real = shutil.which("bwrap")
+    if real is None:
+        pytest.skip("bubblewrap is not installed")
+    # Outside pytest's private tmp dir: the worker runs it as the sandbox's own uid.
+    shadow = Path(tempfile.mkdtemp(prefix="failing-bwrap-"))
+    request.addfinalizer(lambda: shutil.rmtree(shadow, ignore_errors=True))
+    starts = shadow / "starts"
+    starts.mkdir()
+    shadow.chmod(0o755)
+    starts.chmod(0o1777)
+    script = shadow / "bwrap"
+    never = 10**9
+    script.write_text(FAILING_BWRAP.format(real=real, starts=starts, failures=failures or never))
+    script.chmod(0o755)
+    env = {"PATH": f"{shadow}:{os.environ['PATH']}"}
+    run = FaultRun(
+        redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=90,
+        overrides={"rollout_retries": 2},
+    )  # fmt: skip
+    processes.worker(redis_url, "a", env=env)
+    rows = assert_invariants(run, processes.trainer(run.args()), processes.logs())
+    if failures is None:  # every rollout failed as SandboxError: every group dropped
+        assert train_calls(run.art_path) == []
+        assert all(r["pipeline/groups_dropped/failed_rollout:SandboxError"] == 2 for r in rows)
+        assert "setting up uid map: Permission denied" in processes.logs()
+    else:  # the rollouts that met the broken sandbox got a fresh one
+        assert sum(r["pipeline/groups_trained"] for r in rows) == 4
+        assert sum(r["pipeline/retried_rollouts"] for r in rows) >= 1
