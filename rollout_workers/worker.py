@@ -17,6 +17,9 @@ import tempfile
 from types import FrameType
 
 import psutil
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.worker import SimpleWorker
 
 from common.queue import requeue_started_job, rollout_queue
@@ -26,6 +29,20 @@ log = logging.getLogger(__name__)
 
 
 class RolloutWorker(SimpleWorker):
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's heartbeat; its connection already rode out `--redis-outage-s` of retries, so a
+        connection error here means a longer outage: say so and stop (RQ would retry forever).
+        A job this worker held is requeued by the trainer once its lease expires."""
+        try:
+            super().heartbeat(timeout, pipeline)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.error(
+                "worker %s: Redis unreachable past --redis-outage-s (%s); stopping", self.name, exc
+            )
+            _kill_children()
+            logging.shutdown()
+            os._exit(3)
+
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self._stop_and_requeue)
         signal.signal(signal.SIGTERM, self._stop_and_requeue)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -182,6 +183,26 @@ def test_redis_outage_past_the_bound_stops_the_trainer_clearly(
             assert trainer.wait(30) == 3, processes.logs()
         assert "Redis unreachable for more than --redis-outage-s 3s" in processes.logs()
         assert train_calls(run.art_path) == []
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_redis_outage_past_the_bound_stops_an_idle_worker_clearly(
+    tmp_path: Path, processes: Processes
+) -> None:
+    server, url = start_redis_server(tmp_path / "redis", appendonly=False)
+    try:
+        worker = processes._spawn(
+            [sys.executable, "-m", "rollout_workers", "--redis-url", url, "--redis-outage-s", "1"],
+            "worker",
+        )
+        redis = Redis.from_url(url)
+        wait_for(lambda: Worker.all(connection=redis, serializer=SERIALIZER), 30, "the worker")
+        server.kill()
+        server.wait(10)
+        assert worker.wait(30) == 3, processes.logs()
+        assert "Redis unreachable past --redis-outage-s" in processes.logs()
     finally:
         server.kill()
         server.wait(10)
