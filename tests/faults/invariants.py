@@ -36,6 +36,9 @@ class FaultRun:
     max_wall_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    steps: int = STEPS
+    groups: int = GROUPS
+    rollouts: int = ROLLOUTS
 
     def args(self) -> list[str]:
         values = {"lease_ttl_s": 2, "rollout_deadline_s": 20, "request_timeout_s": 20}
@@ -59,7 +62,7 @@ def assert_invariants(
     assert elapsed < run.max_wall_s, f"took {elapsed:.0f}s, bound {run.max_wall_s}s"
 
     rows = step_metrics(run.art_path)
-    assert len(rows) == STEPS, f"each step logged once: {len(rows)} rows\n{logs}"
+    assert len(rows) == run.steps, f"each step logged once: {len(rows)} rows\n{logs}"
     trained_steps = [r for r in rows if r["pipeline/groups_trained"] > 0]
     calls = train_calls(run.art_path)
     assert [c["step"] for c in calls] == list(range(1, len(trained_steps) + 1)), (
@@ -68,7 +71,7 @@ def assert_invariants(
     scenarios: list[str] = []
     for call in calls:
         for group in call["groups"]:
-            assert group["size"] == ROLLOUTS, "a trained group is complete"
+            assert group["size"] == run.rollouts, "a trained group is complete"
             assert len(group["instance_ids"]) == 1, "one scenario per group"
             assert all(group["trainable"]), "every trajectory carries Choices with logprobs"
             # A real rollout reports its own metrics; a failure never became a trajectory.
@@ -76,7 +79,7 @@ def assert_invariants(
             scenarios += group["instance_ids"]
     assert len(scenarios) == len(set(scenarios)), "no scenario trained twice"
     for row in rows:
-        assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] == GROUPS
+        assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] == run.groups
         if row["pipeline/failed_rollouts"]:
             dropped_for_failures = sum(
                 v for k, v in row.items() if k.startswith("pipeline/groups_dropped/failed_rollout")
