@@ -28,11 +28,18 @@ class StepResults:
     results: dict[int, dict[int, RolloutResult]] = field(default_factory=dict)
     entry_ids: list[str] = field(default_factory=list)  # to acknowledge after the checkpoint
     duplicates: int = 0
+    out_of_range: int = 0
 
     def add(self, entry_id: str, result: RolloutResult) -> bool:
         """Record a result; False when it is a duplicate of one already held. An ok copy
         replaces a failed one (a job that ran twice may have failed once)."""
         self.entry_ids.append(entry_id)
+        if not (
+            0 <= result.group_index < self.groups
+            and 0 <= result.rollout_index < self.rollouts_per_group
+        ):
+            self.out_of_range += 1  # not a rollout of this step's shape: never completes a group
+            return False
         group = self.results.setdefault(result.group_index, {})
         held = group.get(result.rollout_index)
         if held is not None:

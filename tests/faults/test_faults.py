@@ -315,14 +315,16 @@ def test_policy_that_keeps_aborting_drops_groups_never_scores_them(
     assert all(r["pipeline/groups_dropped/failed_rollout:EndpointError"] == 2 for r in rows)
 
 
+@pytest.mark.parametrize("reruns", [2, 0], ids=["rerun", "no-reruns-left"])
 def test_rollout_past_its_deadline_is_rerun_alone(
-    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+    reruns: int, redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
     with ScriptedLLM() as llm:
         llm.inject("hang")  # one request never answers within the request timeout
         run = FaultRun(
             redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=60,
-            overrides={"request_timeout_s": 300, "rollout_deadline_s": 4},
+            overrides={"request_timeout_s": 300, "rollout_deadline_s": 4,
+                       "rollout_reruns": reruns},
         )  # fmt: skip
         processes.worker(redis_url, "a")
         processes.worker(redis_url, "b")
@@ -342,7 +344,11 @@ def test_rollout_past_its_deadline_is_rerun_alone(
         assert time.monotonic() - started < 30, "the step did not wait for the hang to end"
         llm.release()  # the hung job ends; nothing may be left running after it
         rows = assert_invariants(run, None, processes.logs())
-    assert rows[0]["pipeline/rerun_rollouts"] == 1, "only the late rollout is rerun"
+    if reruns:
+        assert rows[0]["pipeline/rerun_rollouts"] == 1, "only the late rollout is rerun"
+        assert rows[0]["pipeline/groups_dropped"] == 0
+    else:  # reported failed with the reason: its group dropped, never scored
+        assert rows[0]["pipeline/groups_dropped/failed_rollout:RolloutDeadline"] == 1
 
 
 FAILING_BWRAP = """#!/bin/sh

@@ -123,6 +123,8 @@ def test_an_ok_copy_beats_a_failed_one() -> None:
     assert step.results[0][0].status == "ok" and step.duplicates == 2
     step.fail_rollout(0, 1, ErrorInfo(type="RolloutDeadline", message="late"))
     assert step.missing(0) == [2] and step.failed == 1
+    assert not step.add("4", result(0, 7)) and not step.add("5", result(3, 0))
+    assert step.missing(0) == [2] and step.out_of_range == 2, "never completes a group"
 
 
 def test_resume_refuses_a_changed_run_shape(tmp_path: Path) -> None:
