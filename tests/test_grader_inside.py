@@ -83,3 +83,29 @@ def test_pytest_settings_see_only_what_pytest_reads() -> None:
     assert settings("tox.ini", None) != settings("tox.ini", "[pytest]\naddopts = -p x\n")
     assert settings("tox.ini", None) == settings("tox.ini", "[tox]\nenvlist = py311\n")
     assert settings("pyproject.toml", None) == settings("pyproject.toml", base)
+
+
+def test_touched_paths_are_read_as_git_apply_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from common.diffs import file_diff
+
+    repo = tmp_path / "testbed"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    monkeypatch.setattr(check, "TESTBED", str(repo))
+    diff = tmp_path / "agent.diff"
+    diff.write_text(
+        'diff --git "a/run_tests\\056sh" b/pytest.py\nsimilarity index 100%\n'
+        'rename from "run_tests\\056sh"\nrename to pytest.py\n'
+        + file_diff(b"caf\xe9 dir/data.bin", None, bytes(range(256)))
+        + "--- a/r2e_tests/t.py\n+++ b/r2e_tests/t.py\n@@ -1 +1 @@\n-x\n+y\n"
+    )
+    assert check.touched_paths(str(diff)) == [
+        "pytest.py",
+        "caf\udce9 dir/data.bin",
+        "r2e_tests/t.py",
+        "run_tests.sh",  # the rename's source: git apply removes it
+    ]

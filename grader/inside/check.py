@@ -47,7 +47,9 @@ def report(line: str) -> None:
 
 
 def touched_paths(diff: str) -> list[str]:
-    """Every path the diff touches, as `git apply` itself reads the diff."""
+    """Every path the diff touches, as `git apply` itself reads the diff: its --numstat names
+    each file's new path (its old one when deleted); a rename's source, which it removes, comes
+    from the `rename from` header git honours."""
     if os.path.getsize(diff) == 0:
         return []
     result = subprocess.run(
@@ -56,17 +58,37 @@ def touched_paths(diff: str) -> list[str]:
     if result.returncode != 0:
         report(result.stderr.decode("utf-8", "replace")[-2000:])
         sys.exit(3)
-    paths, fields = [], result.stdout.split(b"\0")
-    index = 0
-    while index < len(fields) - 1:
-        entry = fields[index]
-        if entry.count(b"\t") == 2 and not entry.endswith(b"\t"):
-            paths.append(entry.split(b"\t", 2)[2])
+    paths = [entry.split(b"\t", 2)[2] for entry in result.stdout.split(b"\0") if entry]
+    with open(diff, "rb") as file:
+        for line in file.read().split(b"\n"):
+            # Hunk lines start with " ", "+", "-" or "\\": this is never a file's content.
+            if line.startswith(b"rename from "):
+                paths.append(unquote(line[len(b"rename from ") :].rstrip(b"\r")))
+    return list(dict.fromkeys(os.fsdecode(path) for path in paths))
+
+
+_UNESCAPE = {b"a": 7, b"b": 8, b"t": 9, b"n": 10, b"v": 11, b"f": 12, b"r": 13}
+
+
+def unquote(name: bytes) -> bytes:
+    """A path as git writes it in a header, C-quoted or bare."""
+    if not (name.startswith(b'"') and name.endswith(b'"') and len(name) >= 2):
+        return name
+    out, body, index = bytearray(), name[1:-1], 0
+    while index < len(body):
+        char = body[index : index + 1]
+        if char != b"\\" or index + 1 >= len(body):
+            out += char
             index += 1
-        else:  # a rename or copy: "added\tdeleted\t", then the old and the new path
-            paths.extend(fields[index + 1 : index + 3])
-            index += 3
-    return [os.fsdecode(path) for path in paths]
+            continue
+        code = body[index + 1 : index + 2]
+        if code.isdigit():
+            out.append(int(body[index + 1 : index + 4], 8) & 0xFF)
+            index += 4
+        else:
+            out.append(_UNESCAPE.get(code, code[0]))
+            index += 2
+    return bytes(out)
 
 
 def site_dirs() -> list[str]:
