@@ -4,7 +4,8 @@ One long-lived process per rollout keeps its namespace across steps. A step that
 time limit is interrupted (KeyboardInterrupt in the agent's code); if the REPL does not answer
 within a grace period, or dies (the code killed it, ran out of memory...), it is replaced by a
 fresh one and the agent is told its variables are gone. `llm_query` calls from the code are
-answered by the worker through `on_llm_query`, outside the sandbox (which has no network).
+answered by the worker through `on_llm_query`, outside the sandbox (which has no network);
+`llm_query_batched` asks them concurrently, at most `BATCH_CONCURRENCY` at a time, answers in order.
 
 A sandbox that cannot start (bubblewrap unable to create its namespaces, say under Docker's
 default seccomp) or whose REPL dies before it says it is ready raises `SandboxError`: our
@@ -37,16 +38,27 @@ INTERRUPT_GRACE_S = 3.0
 START_TIMEOUT_S = 60.0  # for the REPL to say it is ready (Python starts in ~0.1 s when idle)
 RESTART_NOTICE = "[the REPL was restarted: variables from earlier steps are gone]"
 _MAX_LINE = 64 << 20  # one protocol line (a block's output); longer means a broken REPL
+# Sub-queries of one llm_query_batched call in flight at once (each is a sub-agent with a REPL of
+# its own); the rollout's --max-sub-queries bounds how many there are in all.
+BATCH_CONCURRENCY = 8
 
 
 @dataclass
 class ExecResult:
-    output: str
+    stdout: str
+    stderr: str  # tracebacks, warnings, and our own notes (interrupted, restarted)
     seconds: float
     final_answer: str | None
     timed_out: bool = False
     restarted: bool = False
     llm_seconds: float = 0.0  # spent answering llm_query: not the code's own time
+
+    @property
+    def output(self) -> str:
+        """What the model is shown: stdout, then stderr."""
+        if not (self.stdout and self.stderr):
+            return self.stdout or self.stderr
+        return self.stdout.removesuffix("\n") + "\n" + self.stderr
 
 
 class Repl:
@@ -113,23 +125,24 @@ class Repl:
         if self._process is None or self._process.returncode is not None:
             await self._restart()
         started = time.monotonic()
-        result = ExecResult(output="", seconds=0.0, final_answer=None)
+        result = ExecResult(stdout="", stderr="", seconds=0.0, final_answer=None)
         try:
             await self._send({"op": "exec", "code": code})
             reply = await self._await_done(result, deadline=started + timeout_s)
         except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
             reply = None
         if reply is None and not result.timed_out:
-            result.output = "[the REPL died while running this code]"
+            result.stderr = "[the REPL died while running this code]"
         if reply is None:
             await self._restart()
             result.restarted = True
-            result.output = f"{result.output}\n{RESTART_NOTICE}".strip()
+            result.stderr = f"{result.stderr}\n{RESTART_NOTICE}".strip()
         else:
-            result.output = reply.get("output", "")
+            result.stdout = str(reply.get("stdout", ""))
+            result.stderr = str(reply.get("stderr", ""))
             result.final_answer = reply.get("final_answer")
             if result.timed_out:
-                result.output += f"\n[interrupted after {timeout_s:.0f}s]"
+                result.stderr += f"\n[interrupted after {timeout_s:.0f}s]"
         result.seconds = time.monotonic() - started - result.llm_seconds
         return result
 
@@ -161,6 +174,27 @@ class Repl:
                 text = await self.on_llm_query(str(message.get("prompt", "")))
                 result.llm_seconds += time.monotonic() - began
                 await self._send({"op": "llm_result", "text": text})
+            elif message.get("op") == "llm_query_batched":
+                began = time.monotonic()
+                texts = await self._ask_all([str(p) for p in message.get("prompts") or []])
+                result.llm_seconds += time.monotonic() - began
+                await self._send({"op": "llm_results", "texts": texts})
+
+    async def _ask_all(self, prompts: list[str]) -> list[str]:
+        """Every prompt answered concurrently (bounded); answers in the prompts' order."""
+        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def ask(prompt: str) -> str:
+            async with slots:
+                return await self.on_llm_query(prompt)
+
+        tasks = [asyncio.ensure_future(ask(prompt)) for prompt in prompts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # one failed (the endpoint gave up): the others are not left running
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop the sandbox so that every process in it is reaped, none left a zombie: kill the

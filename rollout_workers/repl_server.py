@@ -4,12 +4,15 @@ line-delimited JSON protocol with the worker. Standard library only; it is start
 
 Protocol (one JSON object per line, on descriptors saved at start so that the agent's code and
 its subprocesses cannot write into it by accident; fd 0 becomes /dev/null, fds 1 and 2 capture
-output):
+stdout and stderr, each to a file of its own, so errors stay apart from output):
     repl -> worker  {"op": "ready"}                               (once, before any code runs)
     worker -> repl  {"op": "exec", "code": str}
     repl -> worker  {"op": "llm_query", "prompt": str}          (while code runs)
     worker -> repl  {"op": "llm_result", "text": str}
-    repl -> worker  {"op": "done", "output": str, "final_answer": str | null, "seconds": float}
+    repl -> worker  {"op": "llm_query_batched", "prompts": [str]}  (answered concurrently)
+    worker -> repl  {"op": "llm_results", "texts": [str]}         (in the prompts' order)
+    repl -> worker  {"op": "done", "stdout": str, "stderr": str, "final_answer": str | null,
+                     "seconds": float}
 """
 
 import fnmatch
@@ -22,7 +25,7 @@ import tempfile
 import time
 import traceback
 
-MAX_CAPTURE = 1_000_000  # characters kept of one block's output; the worker truncates further
+MAX_CAPTURE = 1_000_000  # characters kept of one stream of a block; the worker truncates further
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "node_modules"}
 ROOT = os.getcwd()
 REPL_PID = os.getpid()  # a process forked by the agent's code must never speak for the REPL
@@ -31,7 +34,8 @@ _proto_in = os.fdopen(os.dup(0), "r", buffering=1)
 _proto_out = os.fdopen(os.dup(1), "w", buffering=1)
 _devnull = os.open(os.devnull, os.O_RDONLY)
 os.dup2(_devnull, 0)
-# Unbuffered: prints, tracebacks and subprocess output reach the capture in the order they happen.
+# Unbuffered: prints, tracebacks and subprocess output reach each stream's capture in the order
+# they happen.
 sys.stdout.reconfigure(line_buffering=True, write_through=True)
 sys.stderr.reconfigure(line_buffering=True, write_through=True)
 _final = {"answer": None}
@@ -135,7 +139,13 @@ def llm_query(prompt):
 
 
 def llm_query_batched(prompts):
-    return [llm_query(prompt) for prompt in prompts]
+    """Ask several sub-questions at once (they run concurrently); answers in the same order."""
+    prompts = [str(prompt) for prompt in prompts]
+    if not prompts:
+        return []
+    _send({"op": "llm_query_batched", "prompts": prompts})
+    texts = json.loads(_proto_in.readline()).get("texts", [])
+    return [str(text) for text in texts]
 
 
 namespace = {
@@ -152,10 +162,11 @@ if _allow_finish:
 
 
 def _execute(code):
-    capture = tempfile.TemporaryFile("w+", errors="replace")  # noqa: SIM115 (closed below)
+    out = tempfile.TemporaryFile("w+", errors="replace")  # noqa: SIM115 (closed below)
+    err = tempfile.TemporaryFile("w+", errors="replace")  # noqa: SIM115 (closed below)
     saved = os.dup(1), os.dup(2)
-    os.dup2(capture.fileno(), 1)
-    os.dup2(capture.fileno(), 2)
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
     started = time.monotonic()
     try:
         exec(compile(code, "<repl>", "exec"), namespace)
@@ -172,10 +183,12 @@ def _execute(code):
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-    capture.seek(0)
-    output = capture.read(MAX_CAPTURE)
-    capture.close()
-    return output, time.monotonic() - started
+    streams = []
+    for capture in (out, err):
+        capture.seek(0)
+        streams.append(capture.read(MAX_CAPTURE))
+        capture.close()
+    return streams[0], streams[1], time.monotonic() - started
 
 
 def main():
@@ -186,11 +199,17 @@ def main():
             continue
         _final["answer"] = None
         try:
-            output, seconds = _execute(request["code"])
+            stdout, stderr, seconds = _execute(request["code"])
         except KeyboardInterrupt:  # arrived between statements of our own code
-            output, seconds = "[interrupted]", 0.0
+            stdout, stderr, seconds = "", "[interrupted]", 0.0
         _send(
-            {"op": "done", "output": output, "final_answer": _final["answer"], "seconds": seconds}
+            {
+                "op": "done",
+                "stdout": stdout,
+                "stderr": stderr,
+                "final_answer": _final["answer"],
+                "seconds": seconds,
+            }
         )
 
 
