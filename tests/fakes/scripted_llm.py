@@ -9,6 +9,11 @@ Faults for the fault suite: `inject(kind, times)` makes the next requests answer
 `finish_reason: "abort"`, no logprobs, invalid JSON, an HTTP 500, or hang until `release()`;
 `hold(n)` holds the next n requests until `release()`, so a test can act while a rollout is
 provably mid-request (`wait_held(n)`), never sleeping to synchronise.
+
+For exactness checks: `record=True` keeps every request's messages with the choice it got
+(`exchanges`), and `encode` (text -> token ids, e.g. a test tokenizer's) replaces the default
+hashed token ids, so what a request returned can be compared token for token with what ART
+tokenizes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -56,6 +62,8 @@ class ScriptedLLM:
         delay_s: float = 0.0,
         fail_when: str | None = None,
         seed: int = 0,
+        record: bool = False,
+        encode: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.script = script
         self.delay_s = delay_s
@@ -69,6 +77,9 @@ class ScriptedLLM:
         self.held = 0  # requests held so far (by hold() or a hang)
         self._released = threading.Event()
         self._lock = threading.Lock()
+        self._held_changed = threading.Condition(self._lock)
+        self.record, self.encode = record, encode
+        self.exchanges: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []  # with record
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -100,6 +111,11 @@ class ScriptedLLM:
         with self._lock:
             return self.held >= count
 
+    def wait_held(self, count: int, timeout_s: float) -> bool:
+        """Block until `count` requests have been held (False after `timeout_s`)."""
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: self.held >= count, timeout_s)
+
     def release(self) -> None:
         self._released.set()
 
@@ -115,6 +131,7 @@ class ScriptedLLM:
                 self._to_hold -= 1
             if hold:
                 self.held += 1
+                self._held_changed.notify_all()
             if fault:
                 self.faults_served[fault] += 1
         if hold:
@@ -124,7 +141,10 @@ class ScriptedLLM:
         if self.delay_s:
             time.sleep(self.delay_s)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
-        answer = completion(body.get("model", ""), text, prompt_tokens)
+        answer = completion(body.get("model", ""), text, prompt_tokens, self.encode)
+        if self.record:
+            with self._lock:
+                self.exchanges.append((messages, answer["choices"][0]))
         if fault == "http_500":
             return 500, {"error": {"message": "scripted 500", "type": "server_error"}}
         if fault == "bad_json":
@@ -169,10 +189,15 @@ class ScriptedLLM:
         return Handler
 
 
-def completion(model: str, text: str, prompt_tokens: int) -> dict[str, Any]:
+def completion(
+    model: str, text: str, prompt_tokens: int, encode: Callable[[str], list[int]] | None = None
+) -> dict[str, Any]:
     """A chat completion as ART's vLLM returns it: token_id tokens with logprobs."""
     pieces = [p for p in text.replace("\n", " \n ").split(" ") if p] or [""]
     token_ids = [zlib.crc32(p.encode()) % 150_000 for p in pieces]
+    if encode is not None:
+        token_ids = encode(text)
+        pieces = [""] * len(token_ids)  # bytes unknown: ART reads them only for <think>
     logprobs = [
         {
             "token": f"token_id:{t}",
