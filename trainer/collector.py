@@ -55,8 +55,11 @@ class ResultCollector:
         self.dead_letter_stream = keys.dead_letters(run_id)
         self.dead_letters = 0
         self._backlog_cursor: str | None = "0"  # None once our unacknowledged backlog is read
+        self._create_group()
+
+    def _create_group(self) -> None:
         try:
-            connection.xgroup_create(self.stream, keys.TRAINER_GROUP, id="0", mkstream=True)
+            self.connection.xgroup_create(self.stream, keys.TRAINER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -97,13 +100,24 @@ class ResultCollector:
                 pipe.execute()
 
     def _read(self, cursor: str, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
-        reply = self.connection.xreadgroup(
-            keys.TRAINER_GROUP,
-            keys.TRAINER_CONSUMER,
-            {self.stream: cursor},
-            count=count,
-            block=block_ms,
-        )
+        try:
+            reply = self.connection.xreadgroup(
+                keys.TRAINER_GROUP,
+                keys.TRAINER_CONSUMER,
+                {self.stream: cursor},
+                count=count,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis came back without its data: the group starts again from the stream's start
+            # (what is missing is rerun by the dispatcher's deadlines).
+            log.error(
+                "the results stream's consumer group is gone (Redis lost its data); recreating it"
+            )
+            self._create_group()
+            return []
         entries = reply[0][1] if reply else []
         # An entry deleted while pending comes back without fields: acknowledge it away.
         gone = [_text(entry_id) for entry_id, fields in entries if fields is None]

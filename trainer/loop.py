@@ -5,8 +5,9 @@ run_training(config)
 ├── health monitor thread
 ├── backend + TrainableModel, scenarios, resume state
 └── for each step from the resume point:
-    ├── gather: enqueue groups (<= --max-concurrent rollouts in flight), read results,
-    │           requeue jobs whose worker died, progress line
+    ├── gather (trainer/gather.py): enqueue groups (<= --max-concurrent rollouts in flight),
+    │           read results, requeue jobs whose worker died or never started them, rerun
+    │           rollouts past --rollout-deadline-s alone, progress line (trainer/dispatch.py)
     ├── assemble_groups (a group with a failed rollout is dropped, see trainer/groups.py)
     ├── backend.train(...)   (skipped if this step trained before a crash)
     ├── model.log(...)

@@ -137,3 +137,15 @@ def test_resume_refuses_a_changed_run_shape(tmp_path: Path) -> None:
     changed = ExperimentConfig(rollouts_per_group=8, max_concurrent=8, shuffle_seed=3)
     with pytest.raises(ConfigError, match="--rollouts-per-group 4 -> 8, --shuffle-seed 0 -> 3"):
         check_resume(state, changed, previous)
+
+
+def test_a_results_stream_lost_with_its_group_is_recreated(redis_url: str) -> None:
+    """Redis back without its data (no persistence): the collector recreates its consumer group
+    and keeps reading instead of stopping the trainer."""
+    redis = connect(redis_url)
+    collector = ResultCollector(redis, "r")
+    redis.flushall()
+    assert collector.poll(block_ms=10).received == []
+    redis.xadd(keys.results_stream("r"), {"data": encode(result(0, 0))})
+    received = [r for _ in range(3) for r in collector.poll(block_ms=100).received]
+    assert [r.result.rollout_index for r in received] == [0]
