@@ -1,7 +1,7 @@
 """What grading costs beyond the tests themselves, and how many gradings to run at once.
 
-For each fixture task (tests/tasks/): the time from request to report through the grading
-service, against the bare `run_tests.sh` time measured with `docker exec` in a container that is
+First the HTTP service alone (no container). Then, for each fixture task (tests/tasks/): the
+time from request to report through the grading service, against the bare `run_tests.sh` time measured with `docker exec` in a container that is
 already running. Then throughput with 1, 2, 4, 8 gradings at once. Target: container and diff
 overhead under one second a grading.
 
@@ -84,6 +84,25 @@ async def grade_many(url: str, requests: list[GradeRequest]) -> tuple[float, lis
     return time.perf_counter() - started, list(latencies)
 
 
+def http_overhead(url: str, reps: int = 400) -> str:
+    """The service alone, no container: /health, and a refused POST (the token is checked
+    before its 100 kB body is read), sequential on one kept-alive connection."""
+    body = b"x" * 100_000
+    with httpx.Client() as client:
+
+        def median_ms(call) -> float:
+            times = []
+            for _ in range(reps):
+                began = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - began)
+            return statistics.median(times) * 1000
+
+        health = median_ms(lambda: client.get(f"{url}/health"))
+        refused = median_ms(lambda: client.post(f"{url}/grade", content=body))
+    return f"| {health:.2f} | {refused:.2f} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,6 +117,9 @@ def main() -> None:
     port = 18931
     grader = start_grader(port, 1)
     url = f"http://127.0.0.1:{port}"
+    print("| GET /health p50 ms | POST /grade, wrong token, 100 kB body p50 ms |")
+    print("|---|---|")
+    print(http_overhead(url) + "\n")
     print("| task | bare run_tests.sh s | request to report s | overhead s |")
     print("|---|---|---|---|")
     try:
