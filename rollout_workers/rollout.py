@@ -2,12 +2,16 @@
 
 System prompt + task message (the problem statement only). Each turn the model's fenced
 ```repl / ```python blocks run in order in the REPL; their output, truncated head and tail, is
-the next user message (a turn without code gets a short nudge). The loop ends when the code calls
-`finish()`, after `max_steps` turns, or when the conversation reaches `max_context_tokens`
-(counted from the endpoint's usage); the last two mark the rollout truncated. `llm_query` calls
-go to the same policy and are kept, with their Choices, as additional histories. Raw Choices are
-kept as they came. The outcome carries the diff of the working copy against the cached copy and,
-when sampled, the iterations in the RLM visualizer's format.
+the next user message (a turn without code gets a short nudge). When the next request would pass
+`max_context_tokens` (counted from the endpoint's usage), the oldest middle turns are dropped
+(`context.Context`); the conversation so far stays as it was sent, and the trimmed continuation
+is trained as a segment of its own (an additional history), so every trained token sequence is
+one the model saw. The loop ends when the code calls `finish()`, after `max_steps` turns, or
+when even the system prompt, task and last turn pass the budget; the last two mark the rollout
+truncated. `llm_query` calls go to the same policy and are kept, with their Choices, as
+additional histories. Raw Choices are kept as they came. The outcome carries the diff of the
+working copy against the cached copy and, when sampled, the iterations in the RLM visualizer's
+format.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from common.errors import SandboxError
 from common.prompts import task_message
 from common.wire import RolloutJob, WireHistory, WireItem
 from rollout_workers import sandbox
+from rollout_workers.context import Context
 from rollout_workers.policy import ContextOverflow, PolicyClient
-from rollout_workers.repl import Repl
+from rollout_workers.repl import ExecResult, Repl
 from rollout_workers.sub_agents import SubAgents
 from rollout_workers.text import extract_code_blocks, observation, truncate_middle
 from rollout_workers.workdir import diff_against, make_working_copy
@@ -49,6 +54,7 @@ class RolloutOutcome:
     llm_time_s: float = 0.0
     request_retries: int = 0
     repl_restarts: int = 0
+    context_trims: int = 0  # each one started a new segment (an additional history)
     diff: str = ""
     iterations: list[dict[str, Any]] = field(default_factory=list)  # RLM visualizer lines
 
@@ -94,74 +100,123 @@ async def _loop(
     record: bool,
 ) -> None:
     limits = job.limits
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": task_message(job.scenario.problem_statement)},
-    ]
-    outcome.items = [WireItem(kind="message", data=m) for m in messages]
-    for iteration in range(1, limits.max_steps + 1):
-        began = time.monotonic()
-        prompt = [dict(m) for m in messages] if record else []
-        try:
-            completion = await client.complete(messages)
-        except ContextOverflow:
-            outcome.truncated = True
-            return
-        outcome.llm_time_s += time.monotonic() - began
-        outcome.steps += 1
-        sub_queries.count(completion)
-        outcome.items.append(WireItem(kind="choice", data=completion.choice))
-        messages.append({"role": "assistant", "content": completion.content})
+    context = Context(
+        [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": task_message(job.scenario.problem_statement)},
+        ]
+    )
+    outcome.items = [WireItem(kind="message", data=dict(m)) for m in context.messages]
+    segment = outcome.items  # where this conversation's Choices are trained
+    continuations: list[list[WireItem]] = []
+    try:
+        for iteration in range(1, limits.max_steps + 1):
+            began = time.monotonic()
+            prompt = context.request()
+            try:
+                completion = await client.complete(prompt)
+            except ContextOverflow:
+                # Our count fell short of the endpoint's: keep only the minimum, or stop.
+                if not context.drop_all_middle():
+                    outcome.truncated = True
+                    return
+                outcome.context_trims += 1
+                segment = _new_segment(context, continuations)
+                prompt = context.request()
+                try:
+                    completion = await client.complete(prompt)
+                except ContextOverflow:
+                    outcome.truncated = True
+                    return
+            outcome.llm_time_s += time.monotonic() - began
+            outcome.steps += 1
+            sub_queries.count(completion)
+            segment.append(WireItem(kind="choice", data=completion.choice))
+            context.answered(
+                completion.content, completion.prompt_tokens, completion.completion_tokens
+            )
+            blocks, outputs, final_answer = await _run_blocks(
+                completion.content, repl, sub_queries, limits.code_timeout_s,
+                limits.max_output_chars, outcome,
+            )  # fmt: skip
+            if record:
+                outcome.iterations.append(
+                    {
+                        "type": "iteration",
+                        "iteration": iteration,
+                        "timestamp": _now(),
+                        "prompt": prompt,
+                        "response": completion.content,
+                        "code_blocks": blocks,
+                        "final_answer": final_answer,
+                        "iteration_time": round(time.monotonic() - began, 4),
+                    }
+                )
+            if outcome.finished:
+                return
+            message = {"role": "user", "content": observation(outputs, NUDGE)}
+            context.observe(message)
+            trimmed = context.trim(limits.max_context_tokens)
+            if trimmed is None:
+                outcome.truncated = True
+                return
+            if trimmed:
+                outcome.context_trims += 1
+                segment = _new_segment(context, continuations)
+            else:
+                segment.append(WireItem(kind="message", data=dict(message)))
+        outcome.truncated = True
+    finally:
+        outcome.histories.extend(
+            WireHistory(messages_and_choices=items)
+            for items in continuations
+            if any(item.kind == "choice" for item in items)
+        )
 
-        outputs, blocks, final_answer = [], [], None
-        for code in extract_code_blocks(completion.content):
-            sub_queries.calls = []
-            result = await repl.execute(code, limits.code_timeout_s)
-            outcome.repl_time_s += result.seconds
-            output = truncate_middle(result.output, limits.max_output_chars)
-            outputs.append(output)
-            blocks.append(
-                _code_block(code, output, result.seconds, sub_queries.calls, result.final_answer)
-            )
-            if result.final_answer is not None:
-                final_answer = result.final_answer
-                outcome.finished = True
-                break
-        if record:
-            outcome.iterations.append(
-                {
-                    "type": "iteration",
-                    "iteration": iteration,
-                    "timestamp": _now(),
-                    "prompt": prompt,
-                    "response": completion.content,
-                    "code_blocks": blocks,
-                    "final_answer": final_answer,
-                    "iteration_time": round(time.monotonic() - began, 4),
-                }
-            )
-        if outcome.finished:
-            return
-        if completion.prompt_tokens + completion.completion_tokens >= limits.max_context_tokens:
-            outcome.truncated = True
-            return
-        message = {"role": "user", "content": observation(outputs, NUDGE)}
-        messages.append(message)
-        outcome.items.append(WireItem(kind="message", data=message))
-    outcome.truncated = True
+
+def _new_segment(context: Context, continuations: list[list[WireItem]]) -> list[WireItem]:
+    """The trimmed conversation as the next request will send it: a segment of its own. Earlier
+    replies in it are plain messages (their Choices trained in the segment that made them)."""
+    items = [WireItem(kind="message", data=dict(m)) for m in context.messages]
+    continuations.append(items)
+    return items
+
+
+async def _run_blocks(
+    reply: str,
+    repl: Repl,
+    sub_queries: SubAgents,
+    timeout_s: float,
+    max_output_chars: int,
+    outcome: RolloutOutcome,
+) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """Run the reply's code blocks in order, up to the one that calls finish()."""
+    blocks: list[dict[str, Any]] = []
+    outputs: list[str] = []
+    for code in extract_code_blocks(reply):
+        sub_queries.calls = []
+        result = await repl.execute(code, timeout_s)
+        outcome.repl_time_s += result.seconds
+        outputs.append(truncate_middle(result.output, max_output_chars))
+        blocks.append(_code_block(code, result, sub_queries.calls, max_output_chars))
+        if result.final_answer is not None:
+            outcome.finished = True
+            return blocks, outputs, result.final_answer
+    return blocks, outputs, None
 
 
 def _code_block(
-    code: str, output: str, seconds: float, calls: list[dict[str, Any]], final_answer: str | None
+    code: str, result: ExecResult, calls: list[dict[str, Any]], max_chars: int
 ) -> dict[str, Any]:
+    """One code block as the RLM visualizer shows it: stdout and stderr apart."""
     return {
         "code": code,
         "result": {
-            "stdout": output,
-            "stderr": "",
+            "stdout": truncate_middle(result.stdout, max_chars),
+            "stderr": truncate_middle(result.stderr, max_chars),
             "locals": {},
-            "execution_time": round(seconds, 4),
+            "execution_time": round(result.seconds, 4),
             "rlm_calls": list(calls),
-            "final_answer": final_answer,
+            "final_answer": result.final_answer,
         },
     }
