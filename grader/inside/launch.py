@@ -99,6 +99,18 @@ class PinnedFinder:
         return spec
 
 
+def swapped_modules(pinned: set[str]) -> set[str]:
+    """Pinned names whose entry in sys.modules is now a module from /testbed: code under test
+    put it there (`sys.modules["json"] = ...`), around the finder."""
+    swapped = set()
+    for name in pinned:
+        module = sys.modules.get(name)
+        location = getattr(module, "__file__", None) if module is not None else None
+        if isinstance(location, str) and _inside(location):
+            swapped.add(name)
+    return swapped
+
+
 def pin_modules(work: str) -> PinnedFinder:
     with open(os.path.join(work, "head-modules")) as file:
         own = set(file.read().split("\n"))
@@ -258,7 +270,7 @@ def main() -> None:
         )
         findings += "".join(
             f"new module shadowing `{name}` (imported during the tests): {name}\n"
-            for name in sorted(pinned.shadowed)
+            for name in sorted(pinned.shadowed | swapped_modules(pinned.pinned))
         )
         for fd, text in ((3, recorder.summary.getvalue()[:MAX_SUMMARY_CHARS]), (4, findings)):
             data = text.encode("utf-8", "replace")
