@@ -5,6 +5,8 @@ working copy (no `finish` or `apply_patch`): at most `SUB_AGENT_STEPS` turns, an
 without code is its answer. Sub-agents may ask further sub-agents down to `MAX_DEPTH`; deeper, a
 question gets one plain completion. All share one budget (`--max-sub-queries`) per rollout. Each
 sub-conversation, Choices included, becomes an additional history of the trajectory, so it trains.
+`llm_query_batched` calls several at once (the REPL gathers them); the budget check and count
+happen before the first await, so concurrent calls never overspend it.
 """
 
 from __future__ import annotations
@@ -55,24 +57,31 @@ class SubAgents:
         self.outcome.sub_queries += 1
         began = time.monotonic()
         items: list[WireItem] = []
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        if self.depth > MAX_DEPTH:
-            answer = await self._completion([{"role": "user", "content": prompt}], items, usage)
-        else:
-            answer = await self._agent(prompt, items, usage)
-        seconds = time.monotonic() - began
+        usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        # The call's place in the block's record is taken now: concurrent calls (a batch) are
+        # shown in the order the code asked them, not the order they finished.
+        calls, call = self.calls, {"prompt": prompt}
+        calls.append(call)
+        try:
+            if self.depth > MAX_DEPTH:
+                messages = [{"role": "user", "content": prompt}]
+                answer = await self._completion(messages, items, usage)
+            else:
+                answer = await self._agent(prompt, items, usage)
+        except BaseException:
+            calls.remove(call)  # never a record without its timing
+            raise
         if any(item.kind == "choice" for item in items):
             self.outcome.histories.append(WireHistory(messages_and_choices=items))
-        self.calls.append(
-            {
-                "root_model": self.client.policy.inference_name,
-                "prompt": prompt,
-                "response": answer,
-                "usage_summary": dict(usage),
-                "execution_time": round(seconds, 4),
-                **usage,
-            }
-        )
+        model = self.client.policy.inference_name
+        call |= {
+            "root_model": model,
+            "response": answer,
+            "usage_summary": usage_summary(model, usage),
+            "execution_time": round(time.monotonic() - began, 4),
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+        }
         return answer
 
     async def _completion(
@@ -87,6 +96,7 @@ class SubAgents:
             return "[llm_query: the conversation is too long]"
         self.outcome.llm_time_s += time.monotonic() - began
         self.count(completion)
+        usage["calls"] += 1
         usage["prompt_tokens"] += completion.prompt_tokens
         usage["completion_tokens"] += completion.completion_tokens
         items.append(WireItem(kind="choice", data=completion.choice))
@@ -122,3 +132,16 @@ class SubAgents:
         finally:
             await repl.close()
         return f"[the sub-agent gave no answer in {SUB_AGENT_STEPS} turns; its last reply]\n{reply}"
+
+
+def usage_summary(model: str, usage: dict[str, int]) -> dict[str, Any]:
+    """The RLM visualizer's shape: totals per model."""
+    return {
+        "model_usage_summaries": {
+            model: {
+                "total_calls": usage["calls"],
+                "total_input_tokens": usage["prompt_tokens"],
+                "total_output_tokens": usage["completion_tokens"],
+            }
+        }
+    }
