@@ -103,7 +103,9 @@ async def _rollout_and_post(
     while True:
         attempts += 1
         try:
-            outcome = await run_rollout(job, client, system_prompt, record=record)
+            # Filled in as it goes: a rollout that fails still has its iterations to log.
+            outcome = RolloutOutcome()
+            await run_rollout(job, client, system_prompt, record=record, outcome=outcome)
             trajectory = await score(job, outcome, grader, reward_fn)
             break
         except INFRASTRUCTURE_ERRORS as exc:
@@ -134,7 +136,7 @@ async def _rollout_and_post(
         enqueued_at=job.enqueued_at,
         started_at=started,
         finished_at=time.time(),
-        rlm_log=outcome.iterations if record and outcome is not None and trajectory else None,
+        rlm_log=outcome.iterations if record and outcome is not None else None,
     )
     post_result(connection, job, result)
     return result

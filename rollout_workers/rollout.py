@@ -60,10 +60,16 @@ class RolloutOutcome:
 
 
 async def run_rollout(
-    job: RolloutJob, client: PolicyClient, system_prompt: str, record: bool = False
+    job: RolloutJob,
+    client: PolicyClient,
+    system_prompt: str,
+    record: bool = False,
+    outcome: RolloutOutcome | None = None,
 ) -> RolloutOutcome:
+    """`outcome`: filled in as the rollout goes, so that a caller keeps what a rollout that
+    raised had done (its visualizer iterations)."""
     workdir, original = make_working_copy(job.cache_dir, job.scenario.instance_id)
-    outcome = RolloutOutcome()
+    outcome = outcome if outcome is not None else RolloutOutcome()
     limits = job.limits
     sub_queries = SubAgents(
         client, outcome, limits.max_sub_queries, workdir, limits.code_timeout_s,
