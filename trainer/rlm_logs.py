@@ -1,8 +1,9 @@
 """Trajectory logs for the RLM visualizer: one `.jsonl` file per sampled rollout.
 
 `logs/<experiment>/step_<k>/<rollout_id>.jsonl`: a metadata line (with the instance id, reward,
-step and config hash beside the visualizer's own keys), then the iteration lines the worker
-recorded. Written to a temporary name and renamed, so a reader never sees half a file.
+step, config hash and status beside the visualizer's own keys; a failed rollout's `error` too),
+then the iteration lines the worker recorded. A failed rollout is written when the worker sent
+its iterations. Written to a temporary name and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from common.wire import RolloutResult
+from rollout_workers.sub_agents import MAX_DEPTH
 from trainer.groups import StepResults
 
 log = logging.getLogger(__name__)
 
 
 def metadata_line(result: RolloutResult, config_hash: str, max_steps: int) -> dict[str, Any]:
-    assert result.trajectory is not None
-    return {
+    trajectory = result.trajectory
+    model = str(trajectory.metadata.get("model", "")) if trajectory is not None else ""
+    line: dict[str, Any] = {
         "type": "metadata",
         "timestamp": datetime.fromtimestamp(result.started_at, UTC).isoformat(),
-        "root_model": str(result.trajectory.metadata.get("model", ""))
-        or f"policy@{result.policy_step}",
-        "max_depth": 1,
+        "root_model": model or f"policy@{result.policy_step}",
+        # The root is depth 0; sub-agents answer llm_query down to MAX_DEPTH.
+        "max_depth": MAX_DEPTH,
         "max_iterations": max_steps,
         "backend": "openai",
         "backend_kwargs": {},
@@ -35,11 +38,16 @@ def metadata_line(result: RolloutResult, config_hash: str, max_steps: int) -> di
         "environment_kwargs": {},
         "other_backends": [],
         "instance_id": result.instance_id,
-        "reward": result.trajectory.reward,
+        "reward": trajectory.reward if trajectory is not None else None,
         "step": result.step,
         "config_hash": config_hash,
         "rollout_id": result.rollout_id,
+        "status": result.status,
     }
+    if result.error is not None:
+        line["error"] = f"{result.error.type}: {result.error.message}"
+        line["error_traceback"] = result.error.traceback
+    return line
 
 
 def _finite(value: Any) -> Any:
@@ -56,7 +64,7 @@ def _finite(value: Any) -> Any:
 def write_rlm_logs(results: StepResults, directory: Path, config_hash: str, max_steps: int) -> int:
     written = 0
     for result in results.all_results():
-        if not result.rlm_log or result.trajectory is None:
+        if not result.rlm_log:
             continue
         directory.mkdir(parents=True, exist_ok=True)
         lines = [metadata_line(result, config_hash, max_steps), *result.rlm_log]
