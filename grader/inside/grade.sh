@@ -92,7 +92,7 @@ mapfile -d '' ARGS < "$W/args"
 START=$EPOCHREALTIME
 (
     ulimit -f 131072  # 128 MiB of log: a module printing forever fails, the disk stays whole
-    exec timeout -s KILL @@TIMEOUT@@ "${RUNNER[0]}" -I -S "${RUNNER[@]:1}" "$W/launch.py" "$W" "${ARGS[@]}"
+    exec timeout -s KILL @@TIMEOUT@@ "${RUNNER[0]}" -S "${RUNNER[@]:1}" "$W/launch.py" "$W" "${ARGS[@]}"
 ) > "$W/tests.log" 2>&1 3> "$W/summary" 4> "$W/found" < /dev/null
 CODE=$?
 END=$EPOCHREALTIME

@@ -1,11 +1,10 @@
 """Runs inside the task container: `python -m pytest` as run_tests.sh would, but so that the
 agent's changes reach the hidden tests only through the code under test.
 
-Started as `<venv python> -I -S launch.py <work dir> <pytest args>` from /testbed (grade.sh):
-- `-I` ignores PYTHON* variables, the user site and the script's directory; `-S` skips `site`,
-  whose sitecustomize/usercustomize lookup would reach /testbed through an editable install's
-  .pth. The virtualenv's site-packages are added here as `site` would, .pth files included
-  (the virtualenv is the image's own: the diff may not touch it).
+Started as `<venv python> -S launch.py <work dir> <pytest args>` from /testbed (grade.sh):
+- `-S` skips `site`, whose sitecustomize/usercustomize lookup would reach /testbed through an
+  editable install's .pth. The virtualenv's site-packages are added here as `site` would, .pth
+  files included (the virtualenv is the image's own: the diff may not touch it).
 - pytest, its plugins and every module they import are imported before /testbed goes on
   sys.path, and a finder pins the standard library's and the virtualenv's top-level names to
   their own directories unless the repository itself defined them before the diff.
@@ -67,9 +66,6 @@ def add_site_packages() -> None:
             site.addsitedir(directory)
     for helper in ("setquit", "setcopyright", "sethelper"):  # builtins `site` would add
         getattr(site, helper, lambda: None)()
-    extra = os.environ.get("PYTHONPATH")  # the image's own setting, which -I dropped
-    if extra:
-        sys.path[0:0] = [entry for entry in extra.split(os.pathsep) if entry]
 
 
 class PinnedFinder:
@@ -261,6 +257,10 @@ def fingerprint() -> dict[str, object]:
 
 def main() -> None:
     work, arguments = sys.argv[1], sys.argv[2:]
+    # Not -I: the image's PYTHON* variables (PYTHONHASHSEED, PYTHONPATH...) apply as under
+    # run_tests.sh, and the agent cannot set any. Only this script's own directory goes.
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
     add_site_packages()
     pytest = import_pytest()
     load_entry_points_outside_testbed()
