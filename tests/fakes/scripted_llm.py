@@ -64,10 +64,13 @@ class ScriptedLLM:
         seed: int = 0,
         record: bool = False,
         encode: Callable[[str], list[int]] | None = None,
+        overflow_when: Callable[[list[dict[str, Any]]], bool] | None = None,
     ) -> None:
         self.script = script
         self.delay_s = delay_s
         self.fail_when = fail_when  # prompts containing this text get HTTP 503
+        # Requests whose messages it accepts get vLLM's 400 "maximum context length" error.
+        self.overflow_when = overflow_when
         self.rng = random.Random(seed)
         self.requests = 0
         self.models_seen: set[str] = set()
@@ -136,6 +139,14 @@ class ScriptedLLM:
                 self.faults_served[fault] += 1
         if hold:
             self._released.wait(120)
+        if self.overflow_when is not None and self.overflow_when(messages):
+            return 400, {
+                "object": "error",
+                "message": "This model's maximum context length is 4096 tokens. However, you "
+                "requested 5000 tokens. Please reduce the length of the messages or completion.",
+                "type": "BadRequestError",
+                "code": 400,
+            }
         if self.fail_when and any(self.fail_when in str(m.get("content")) for m in messages):
             return 503, {"error": {"message": "scripted outage", "type": "server_error"}}
         if self.delay_s:
