@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.prompts import sub_agent_system_prompt
 from common.wire import WireHistory, WireItem
+from rollout_workers.context import estimate_tokens
 from rollout_workers.policy import Completion, ContextOverflow, PolicyClient
 from rollout_workers.repl import Repl
 from rollout_workers.text import extract_code_blocks, observation, truncate_middle
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 MAX_DEPTH = 2
 SUB_AGENT_STEPS = 8
 NUDGE = "Reply with your answer and no code block, or look further with a ```repl block."
+TOO_LONG = "[llm_query: the conversation is too long]"
+OUT_OF_CONTEXT = "[the sub-agent reached the context budget before answering; its last reply]"
 
 
 class SubAgents:
@@ -65,7 +68,7 @@ class SubAgents:
         try:
             if self.depth > MAX_DEPTH:
                 messages = [{"role": "user", "content": prompt}]
-                answer = await self._completion(messages, items, usage)
+                answer, _ = await self._completion(messages, items, usage)
             else:
                 answer = await self._agent(prompt, items, usage)
         except BaseException:
@@ -86,14 +89,15 @@ class SubAgents:
 
     async def _completion(
         self, messages: list[dict[str, Any]], items: list[WireItem], usage: dict[str, int]
-    ) -> str:
+    ) -> tuple[str, int]:
+        """The reply, and the tokens the conversation now holds (the endpoint's count)."""
         if not items:
             items.extend(WireItem(kind="message", data=m) for m in messages)
         began = time.monotonic()
         try:
             completion = await self.client.complete(messages)
         except ContextOverflow:
-            return "[llm_query: the conversation is too long]"
+            return TOO_LONG, 0
         self.outcome.llm_time_s += time.monotonic() - began
         self.count(completion)
         usage["calls"] += 1
@@ -101,7 +105,7 @@ class SubAgents:
         usage["completion_tokens"] += completion.completion_tokens
         items.append(WireItem(kind="choice", data=completion.choice))
         messages.append({"role": "assistant", "content": completion.content})
-        return completion.content
+        return completion.content, completion.prompt_tokens + completion.completion_tokens
 
     async def _agent(self, prompt: str, items: list[WireItem], usage: dict[str, int]) -> str:
         messages: list[dict[str, Any]] = [
@@ -118,7 +122,7 @@ class SubAgents:
         try:
             await repl.start()
             for _ in range(SUB_AGENT_STEPS):
-                reply = await self._completion(messages, items, usage)
+                reply, held = await self._completion(messages, items, usage)
                 blocks = extract_code_blocks(reply)
                 if not blocks:
                     return reply
@@ -127,6 +131,13 @@ class SubAgents:
                     result = await repl.execute(code, self.code_timeout_s)
                     outputs.append(truncate_middle(result.output, self.max_output_chars))
                 message = {"role": "user", "content": observation(outputs, NUDGE)}
+                # A sub-conversation is short: past the budget it ends (never trimmed), so its
+                # one history stays exactly what the model saw.
+                if (
+                    held + estimate_tokens(message["content"])
+                    > self.client.limits.max_context_tokens
+                ):
+                    return f"{OUT_OF_CONTEXT}\n{reply}"
                 messages.append(message)
                 items.append(WireItem(kind="message", data=message))
         finally:

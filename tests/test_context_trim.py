@@ -111,7 +111,7 @@ def _job(endpoint: str, limits: RolloutLimits) -> RolloutJob:
 
 
 def _rollout(
-    limits: RolloutLimits, finish_at: int, encode: Any = None
+    limits: RolloutLimits, finish_at: int, encode: Any = None, overflow_when: Any = None
 ) -> tuple[RolloutOutcome, list[tuple[list[dict[str, Any]], dict[str, Any]]]]:
     turns = itertools.count(1)
 
@@ -121,7 +121,9 @@ def _rollout(
         return "Done.\n```python\nfinish()\n```" if n == finish_at else _turn(n)
 
     async def run() -> RolloutOutcome:
-        with ScriptedLLM(script=script, record=True, encode=encode) as llm:
+        with ScriptedLLM(
+            script=script, record=True, encode=encode, overflow_when=overflow_when
+        ) as llm:
             job = _job(llm.url, limits)
             client = PolicyClient(job.policy, limits)
             try:
@@ -140,6 +142,37 @@ def test_a_rollout_whose_minimum_passes_the_budget_ends_truncated() -> None:
     assert outcome.truncated and not outcome.finished
     assert outcome.context_trims == 0 and outcome.histories == []
     assert outcome.steps == 1 and len(exchanges) == 1
+
+
+def test_a_prompt_the_endpoint_refuses_as_too_long_is_cut_to_the_minimum_and_sent_again() -> None:
+    # Our count says it fits; the endpoint (its tokenizer) says it does not.
+    outcome, exchanges = _rollout(
+        _limits(max_context_tokens=100_000, max_steps=6), finish_at=8,
+        overflow_when=lambda messages: len(messages) >= 8,
+    )  # fmt: skip
+    assert outcome.finished and not outcome.truncated and outcome.steps == 6
+    assert outcome.context_trims == 2 and len(outcome.histories) == 2
+    sent = [messages for messages, _ in exchanges]
+    assert [len(messages) for messages in sent] == [2, 4, 6, 5, 7, 5]
+    for messages in (sent[3], sent[5]):  # system, task, note, and the last turn only
+        assert [m["role"] for m in messages] == ["system", "user", "user", "assistant", "user"]
+        assert "were dropped" in messages[2]["content"]
+    # The turn kept is the last one: the reply to the request before, and its output.
+    assert sent[3][3]["content"] == exchanges[2][1]["message"]["content"]
+    assert sent[3][4] == {"role": "user", "content": f"Output:\n{' '.join(['line3'] * 40)}\n"}
+    for history, messages in zip(outcome.histories, (sent[3], sent[5]), strict=True):
+        items = history.messages_and_choices
+        assert [item.data for item in items[: len(messages)]] == messages
+        assert items[len(messages)].kind == "choice"
+
+
+def test_a_minimum_the_endpoint_still_refuses_ends_the_rollout_truncated() -> None:
+    outcome, exchanges = _rollout(
+        _limits(max_context_tokens=100_000, max_steps=6), finish_at=99,
+        overflow_when=lambda messages: len(messages) > 2,
+    )  # fmt: skip
+    assert outcome.truncated and not outcome.finished
+    assert outcome.steps == 1 and outcome.context_trims == 0 and outcome.histories == []
 
 
 @pytest.mark.tokenizer

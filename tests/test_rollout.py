@@ -330,11 +330,11 @@ def _rollout(script: Callable[[list, object], str]) -> RolloutOutcome:
 
 
 def _batched_session(
-    code: str, limit: int, llm: ScriptedLLM
+    code: str, limit: int, llm: ScriptedLLM, max_context_tokens: int = 10_000
 ) -> tuple[str, RolloutOutcome, list[dict]]:
     from rollout_workers.sub_agents import SubAgents
 
-    limits = _job(llm.url).limits
+    limits = _job(llm.url).limits.model_copy(update={"max_context_tokens": max_context_tokens})
 
     async def session() -> tuple[str, RolloutOutcome, list[dict]]:
         client = PolicyClient(
@@ -400,3 +400,19 @@ def test_llm_query_batched_shares_the_rollouts_sub_query_budget() -> None:
     assert answers[:2] == ["answer to q1", "answer to q2"] and "limit reached" in answers[2]
     assert outcome.sub_queries == 3 and llm.requests == 3
     assert len(calls) == 3 and all(isinstance(c["execution_time"], float) for c in calls)
+
+
+def test_a_sub_agent_past_the_context_budget_answers_with_its_last_reply() -> None:
+    from rollout_workers.sub_agents import OUT_OF_CONTEXT
+
+    def wordy(messages: list, rng: object) -> str:
+        return "Still looking.\n```repl\nprint(' '.join(['word'] * 200))\n```"
+
+    with ScriptedLLM(script=wordy) as llm:
+        output, outcome, _ = _batched_session(
+            "print(llm_query('Where?'))", limit=2, llm=llm, max_context_tokens=300
+        )
+    assert output.startswith(OUT_OF_CONTEXT) and "Still looking." in output
+    assert llm.requests == 1  # the next request would not have fitted: it was never sent
+    [history] = outcome.histories
+    assert [item.kind for item in history.messages_and_choices] == ["message", "message", "choice"]
