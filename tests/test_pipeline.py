@@ -15,6 +15,7 @@ from rq import Worker
 
 from common import keys
 from common.config import ExperimentConfig, parse_config
+from common.queue import SERIALIZER
 from tests.conftest import (
     Processes,
     history,
@@ -107,7 +108,7 @@ def test_two_steps_with_local_workers(
 
 def _busy_worker(redis_url: str) -> Worker:
     def find() -> Worker | None:
-        for worker in Worker.all(connection=Redis.from_url(redis_url)):
+        for worker in Worker.all(connection=Redis.from_url(redis_url), serializer=SERIALIZER):
             if worker.get_current_job_id():
                 return worker
         return None
@@ -143,7 +144,7 @@ def test_worker_stopped_mid_job(
 def _picked_up_by_other(redis_url: str, job_id: str, dead_worker: str) -> bool:
     return any(
         w.get_current_job_id() == job_id and w.name != dead_worker
-        for w in Worker.all(connection=Redis.from_url(redis_url))
+        for w in Worker.all(connection=Redis.from_url(redis_url), serializer=SERIALIZER)
     ) or bool(Redis.from_url(redis_url).exists(keys.posted_rollouts(job_id)))
 
 
