@@ -11,13 +11,14 @@ import socket
 import sys
 import uuid
 
-from common.config import WorkerConfig, parse_config
+from common.config import WorkerConfig, parse_config, redact_url
 from common.log import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, WorkerConfig, prog="python -m rollout_workers")
     setup_logging()
+    from redis import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from common.health import HealthMonitor
@@ -26,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     from rollout_workers.worker import RolloutWorker
 
     connection = connect(config.redis_url, config.redis_outage_s)
-    try:
-        connection.ping()
+    try:  # at start, without retries: a wrong URL or password is said at once
+        Redis.from_url(config.redis_url, socket_connect_timeout=5).ping()
     except RedisConnectionError as exc:
         logging.getLogger(__name__).error(
-            "cannot reach Redis at %s (%s): start it or pass --redis-url", config.redis_url, exc
+            "cannot reach Redis at %s (%s): start it or pass --redis-url",
+            redact_url(config.redis_url),
+            exc,
         )
         return 2
     warm_up()
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except RedisConnectionError as exc:
         logging.getLogger(__name__).error(
             "Redis at %s unreachable for more than %.0fs (%s); worker stopped",
-            config.redis_url, config.redis_outage_s, exc,
+            redact_url(config.redis_url), config.redis_outage_s, exc,
         )  # fmt: skip
         return 3
     finally:
