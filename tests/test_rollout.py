@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import os
 import shutil
@@ -324,95 +323,3 @@ def _rollout(script: Callable[[list, object], str]) -> RolloutOutcome:
                 await client.aclose()
 
     return asyncio.run(run())
-
-
-# --- llm_query_batched: concurrent sub-agents, answers in order -------------------------------
-
-
-def _batched_session(
-    code: str, limit: int, llm: ScriptedLLM, max_context_tokens: int = 10_000
-) -> tuple[str, RolloutOutcome, list[dict]]:
-    from rollout_workers.sub_agents import SubAgents
-
-    limits = _job(llm.url).limits.model_copy(update={"max_context_tokens": max_context_tokens})
-
-    async def session() -> tuple[str, RolloutOutcome, list[dict]]:
-        client = PolicyClient(
-            PolicyRef(inference_name="m@0", policy_step=0, endpoint=llm.url), limits
-        )
-        outcome = RolloutOutcome()
-        agents = SubAgents(client, outcome, limit, _workdir(), 20, 1000)
-        repl = Repl(agents.workdir, agents)
-        agents.repl = repl
-        try:
-            await repl.start()
-            result = await repl.execute(code, 60)
-        finally:
-            await repl.close()
-            await client.aclose()
-        return result.output, outcome, agents.calls
-
-    return asyncio.run(session())
-
-
-def _answer_plainly(messages: list, rng: object) -> str:
-    return f"answer to {messages[1]['content']}"
-
-
-def test_llm_query_batched_asks_its_sub_agents_at_once_and_answers_in_order() -> None:
-    import threading
-
-    with ScriptedLLM(script=_answer_plainly) as llm:
-        llm.hold(3)
-        all_held: list[bool] = []
-
-        def release_once_all_are_held() -> None:
-            # Sequential queries would never have three requests held: this times out.
-            all_held.append(llm.wait_held(3, timeout_s=30))
-            llm.release()
-
-        waiter = threading.Thread(target=release_once_all_are_held)
-        waiter.start()
-        try:
-            output, outcome, calls = _batched_session(
-                "print(llm_query_batched(['q1', 'q2', 'q3']))", limit=5, llm=llm
-            )
-        finally:
-            llm.release()
-            waiter.join()
-    assert all_held == [True], "the batch's requests were not in flight at the same time"
-    assert output.strip() == "['answer to q1', 'answer to q2', 'answer to q3']"
-    assert outcome.sub_queries == 3 and len(outcome.histories) == 3
-    assert [call["prompt"] for call in calls] == ["q1", "q2", "q3"]  # as asked, not as finished
-
-
-def test_llm_query_batched_shares_the_rollouts_sub_query_budget() -> None:
-    with ScriptedLLM(script=_answer_plainly) as llm:
-        output, outcome, calls = _batched_session(
-            "print(llm_query('q0'))\nprint(llm_query_batched(['q1', 'q2', 'q3']))\n"
-            "print(llm_query_batched([]))",
-            limit=3,
-            llm=llm,
-        )
-    first, batch, empty = output.strip().splitlines()
-    assert first == "answer to q0" and empty == "[]"
-    answers = ast.literal_eval(batch)
-    assert answers[:2] == ["answer to q1", "answer to q2"] and "limit reached" in answers[2]
-    assert outcome.sub_queries == 3 and llm.requests == 3
-    assert len(calls) == 3 and all(isinstance(c["execution_time"], float) for c in calls)
-
-
-def test_a_sub_agent_past_the_context_budget_answers_with_its_last_reply() -> None:
-    from rollout_workers.sub_agents import OUT_OF_CONTEXT
-
-    def wordy(messages: list, rng: object) -> str:
-        return "Still looking.\n```repl\nprint(' '.join(['word'] * 200))\n```"
-
-    with ScriptedLLM(script=wordy) as llm:
-        output, outcome, _ = _batched_session(
-            "print(llm_query('Where?'))", limit=2, llm=llm, max_context_tokens=300
-        )
-    assert output.startswith(OUT_OF_CONTEXT) and "Still looking." in output
-    assert llm.requests == 1  # the next request would not have fitted: it was never sent
-    [history] = outcome.histories
-    assert [item.kind for item in history.messages_and_choices] == ["message", "message", "choice"]
