@@ -6,7 +6,10 @@ unknown type or a payload that does not validate raises `WireError`.
 
 Trajectories travel as `WireTrajectory`: each item of `messages_and_choices` is tagged `message`
 (a chat message dict) or `choice` (the raw `choices[0]` JSON of a chat completion, untouched), so
-the trainer can rebuild the exact `Choice` objects ART trains on.
+the trainer can rebuild the exact `Choice` objects ART trains on. From version 3 a choice crosses
+the wire packed (`common.packed`: per-token data as typed arrays, not one map per token) and
+decodes as kind `packed`, unpacked only when the trainer builds ART's objects from it
+(`WireItem.choice()` gives the raw dict back). Versions 1 and 2 still decode.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common import keys
 from common.errors import WireError
+from common.packed import pack_choice, unpack_choice
 
-SCHEMA_VERSION = 2  # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
+# 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
+# 3: choices packed (per-token arrays, common.packed)
+SCHEMA_VERSION = 3
+DECODABLE_VERSIONS = (1, 2, 3)
 
 
 class _Wire(BaseModel):
@@ -102,8 +109,12 @@ class RolloutJob(_Wire):
 
 
 class WireItem(_Wire):
-    kind: Literal["message", "choice"]
+    kind: Literal["message", "choice", "packed"]  # packed: a choice as v3 decodes it
     data: dict[str, Any]
+
+    def choice(self) -> dict[str, Any]:
+        """The raw `choices[0]` dict of a choice item, packed or not."""
+        return unpack_choice(self.data) if self.kind == "packed" else self.data
 
 
 class WireHistory(_Wire):
@@ -158,10 +169,38 @@ _TYPES: dict[str, type[_Wire]] = {"rollout_job": RolloutJob, "rollout_result": R
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
+def _items(items: list[WireItem]) -> list[dict[str, Any]]:
+    return [
+        {"kind": "packed", "data": pack_choice(i.data)}
+        if i.kind == "choice"
+        else {"kind": i.kind, "data": i.data}
+        for i in items
+    ]
+
+
+def _trajectory_body(trajectory: WireTrajectory) -> dict[str, Any]:
+    """model_dump without copying every per-token dict, choices packed."""
+    body = trajectory.model_dump(exclude={"messages_and_choices", "additional_histories"})
+    body["messages_and_choices"] = _items(trajectory.messages_and_choices)
+    body["additional_histories"] = [
+        {"messages_and_choices": _items(h.messages_and_choices), "tools": h.tools}
+        for h in trajectory.additional_histories
+    ]
+    return {name: body[name] for name in WireTrajectory.model_fields}
+
+
+def _body(message: _Wire) -> dict[str, Any]:
+    if not isinstance(message, RolloutResult) or message.trajectory is None:
+        return message.model_dump()
+    body = message.model_dump(exclude={"trajectory"})
+    body["trajectory"] = _trajectory_body(message.trajectory)
+    return {name: body[name] for name in RolloutResult.model_fields}
+
+
 def encode(message: _Wire) -> bytes:
     """A message -> msgpack bytes of `{"v": version, "type": name, "body": fields}`."""
-    envelope = {"v": SCHEMA_VERSION, "type": _NAMES[type(message)], "body": message.model_dump()}
     try:
+        envelope = {"v": SCHEMA_VERSION, "type": _NAMES[type(message)], "body": _body(message)}
         return msgpack.packb(envelope, use_bin_type=True)
     except (OverflowError, TypeError, ValueError) as exc:
         raise WireError(f"cannot encode {_NAMES[type(message)]}: {exc}") from exc
@@ -175,9 +214,9 @@ def decode(data: bytes, expected: type[_M]) -> _M:
         raise WireError(f"not a msgpack envelope: {exc}") from exc
     if not isinstance(envelope, dict) or set(envelope) != {"v", "type", "body"}:
         raise WireError("envelope must be a map of exactly v, type and body")
-    if envelope["v"] != SCHEMA_VERSION:
+    if envelope["v"] not in DECODABLE_VERSIONS or type(envelope["v"]) is not int:
         raise WireError(
-            f"schema version {envelope['v']!r} is not {SCHEMA_VERSION}: "
+            f"schema version {envelope['v']!r} is not one of {DECODABLE_VERSIONS}: "
             "run trainer and workers from the same release"
         )
     if _TYPES.get(envelope["type"]) is not expected:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import art
 from redis import Redis
 from redis.exceptions import ResponseError
 
 from common import keys
 from common.errors import WireError
-from common.wire import RolloutResult, decode
+from common.wire import RolloutResult, WireTrajectory, decode
 from trainer.trajectories import to_art_trajectory
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ DEAD_LETTERS_KEPT = 10_000  # the dead-letter stream is capped at about this man
 class Received:
     entry_id: str
     result: RolloutResult
+    trajectory: art.Trajectory | None = None  # ART's objects, built once at the boundary
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ class ResultCollector:
             except WireError as exc:
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
-            problem = _unrebuildable(result)
+            trajectory, problem = _rebuild(result)
             if problem is None:
-                polled.received.append(Received(entry_id, result))
+                polled.received.append(Received(entry_id, result, trajectory))
                 continue
             self._dead_letter(entry_id, fields, problem)
             polled.rejected.append(
@@ -140,18 +142,39 @@ class ResultCollector:
             pipe.execute()
 
 
-def _unrebuildable(result: RolloutResult) -> str | None:
-    """Why an ok result's trajectory cannot become ART's types (so it cannot train), or None."""
+def _rebuild(result: RolloutResult) -> tuple[art.Trajectory | None, str | None]:
+    """An ok result's trajectory as ART's types, or why it cannot become them (so it cannot
+    train). Failed results carry none."""
     if result.status != "ok":
-        return None
+        return None, None
     if result.trajectory is None:
-        return "an ok result without a trajectory"
+        return None, "an ok result without a trajectory"
     try:
-        to_art_trajectory(result.trajectory)
-    except Exception as exc:  # pydantic, or anything ART's constructors raise
+        return to_art_trajectory(result.trajectory), None
+    except Exception as exc:  # pydantic, the packed format, or anything ART's constructors raise
         first = str(exc).strip().splitlines()[:3]
-        return f"trajectory cannot be rebuilt: {type(exc).__name__}: {' '.join(first)}"
-    return None
+        return None, f"trajectory cannot be rebuilt: {type(exc).__name__}: {' '.join(first)}"
+
+
+def rebuild_problem(trajectory: WireTrajectory) -> str | None:
+    """Why a trajectory cannot become ART's types, or None."""
+    return _rebuild(
+        RolloutResult(
+            run_id="",
+            job_id="",
+            rollout_id="",
+            step=0,
+            group_index=0,
+            rollout_index=0,
+            instance_id="",
+            policy_step=0,
+            status="ok",
+            trajectory=trajectory,
+            enqueued_at=0.0,
+            started_at=0.0,
+            finished_at=0.0,
+        )  # fmt: skip
+    )[1]
 
 
 def _text(value: bytes | str) -> str:

@@ -49,7 +49,7 @@ class Gatherer:
         results = StepResults(step, len(jobs), self.rollouts_per_group)
         stats = GatherStats()
         for received in self.later.pop(step, []):
-            results.add(received.entry_id, received.result)
+            results.add(received.entry_id, received.result, received.trajectory)
         max_jobs = max(1, self.max_concurrent // self.rollouts_per_group)
         waiting = list(jobs)
         in_flight: dict[int, RolloutJob] = {}
@@ -111,4 +111,4 @@ class Gatherer:
             elif result.step > step:  # a later step's, from an earlier life: kept for it
                 self.later.setdefault(result.step, []).append(item)
             else:
-                results.add(item.entry_id, result)
+                results.add(item.entry_id, result, item.trajectory)

@@ -27,12 +27,17 @@ class StepResults:
     rollouts_per_group: int
     results: dict[int, dict[int, RolloutResult]] = field(default_factory=dict)
     entry_ids: list[str] = field(default_factory=list)  # to acknowledge after the checkpoint
+    # ART's objects already built at the boundary (the collector), by (group, rollout) index
+    built: dict[tuple[int, int], art.Trajectory] = field(default_factory=dict)
     duplicates: int = 0
     out_of_range: int = 0
 
-    def add(self, entry_id: str, result: RolloutResult) -> bool:
-        """Record a result; False when it is a duplicate of one already held. An ok copy
-        replaces a failed one (a job that ran twice may have failed once)."""
+    def add(
+        self, entry_id: str, result: RolloutResult, trajectory: art.Trajectory | None = None
+    ) -> bool:
+        """Record a result (with its trajectory as ART's objects when already built); False
+        when it is a duplicate of one already held. An ok copy replaces a failed one (a job
+        that ran twice may have failed once)."""
         self.entry_ids.append(entry_id)
         if not (
             0 <= result.group_index < self.groups
@@ -46,10 +51,24 @@ class StepResults:
             self.duplicates += 1
             if held.status == "failed" and result.status == "ok":
                 group[result.rollout_index] = result
+                self._keep(result, trajectory)
                 return True
             return False
         group[result.rollout_index] = result
+        self._keep(result, trajectory)
         return True
+
+    def _keep(self, result: RolloutResult, trajectory: art.Trajectory | None) -> None:
+        if trajectory is not None:
+            self.built[(result.group_index, result.rollout_index)] = trajectory
+
+    def art_trajectory(self, result: RolloutResult) -> art.Trajectory:
+        """The result's trajectory as ART's objects: the one built at the boundary, or now."""
+        built = self.built.get((result.group_index, result.rollout_index))
+        if built is None:
+            assert result.trajectory is not None
+            built = to_art_trajectory(result.trajectory)
+        return built
 
     def missing(self, group_index: int) -> list[int]:
         """Rollout indexes of the group that have not reported yet."""
@@ -111,14 +130,14 @@ def assemble_groups(step_results: StepResults, mask_truncated: bool = False) -> 
             continue
         ordered = [results[i] for i in sorted(results)]
         kept = [
-            r.trajectory
+            r
             for r in ordered
             if r.trajectory and not (mask_truncated and r.trajectory.metrics.get("truncated"))
         ]
         if len(kept) < 2 <= len(ordered):
             dropped["masked_truncated"] += 1
             continue
-        trajectories = [to_art_trajectory(t) for t in kept]
+        trajectories = [step_results.art_trajectory(r) for r in kept]
         groups.append(
             art.TrajectoryGroup(
                 trajectories,

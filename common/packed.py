@@ -1,0 +1,265 @@
+"""Per-token data of a chat completion choice as packed arrays (wire v3).
+
+vLLM returns one JSON object per completion token (`token`, `logprob`, `bytes`, `top_logprobs`);
+sent as one msgpack map per token that is ~60 bytes and ~20 us of Python per token. Here a
+choice's `logprobs.content` travels as a few byte strings instead:
+
+- `ids`: token ids, little-endian uint24 (int32 when one does not fit), when every token is
+  exactly `token_id:N` (what ART's vLLM returns), else `tok`: the token strings as a list;
+- `lp`/`lpw`: the logprobs, float32 when every value survives float32 bit for bit (vLLM computes
+  logprobs in float32 and prints those exact values), else float64: always exact;
+- `bl`/`bb`: the `bytes` lists as lengths plus one blob (no blob when it equals the message's
+  UTF-8 content, as it does for plain answers), `bn` marking tokens whose `bytes` is null;
+- `top`: `top_logprobs` as per-token counts and the same packing of the flattened alternatives;
+- `tid`: vLLM's `token_ids` extra field, omitted when it repeats the ids above.
+
+A choice whose per-token entries do not have exactly vLLM's shape travels unpacked (`raw`), so
+the round trip is exact for anything JSON can hold. `unpack_choice(pack_choice(c)) == c`.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from typing import Any
+
+_PREFIX = "token_id:"
+_TOKEN_KEYS = frozenset({"token", "logprob", "bytes", "top_logprobs"})
+_TOP_KEYS = frozenset({"token", "logprob", "bytes"})
+_LITTLE = sys.byteorder == "little"
+
+
+class PackError(ValueError):
+    """Packed per-token data that is inconsistent (wrong lengths, unknown fields)."""
+
+
+def _to_bytes(values: array) -> bytes:
+    if not _LITTLE:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_bytes(typecode: str, data: Any, count: int) -> array:
+    values = array(typecode)
+    if not isinstance(data, bytes) or len(data) != values.itemsize * count:
+        raise PackError(f"packed array {typecode!r} holds {len(data or b'')} bytes, not {count}")
+    values.frombytes(data)
+    if not _LITTLE:
+        values.byteswap()
+    return values
+
+
+def _pack_ids(ids: list[int]) -> bytes:
+    """uint24 when every id fits (vocabularies do: 3 bytes a token), else int32 (4 bytes)."""
+    wide = _to_bytes(array("i", ids))
+    if min(ids) < 0 or max(ids) >= 1 << 24:
+        return wide
+    narrow = bytearray(3 * len(ids))
+    for byte in range(3):
+        narrow[byte::3] = wide[byte::4]
+    return bytes(narrow)
+
+
+def _unpack_ids(data: Any, count: int) -> array:
+    if isinstance(data, bytes) and len(data) == 3 * count and count:
+        wide = bytearray(4 * count)
+        for byte in range(3):
+            wide[byte::4] = data[byte::3]
+        data = bytes(wide)
+    return _from_bytes("i", data, count)
+
+
+def _pack_tokens(tokens: list[Any], packed: dict[str, Any]) -> None:
+    try:
+        ids = [int(t[9:]) for t in tokens]
+        if "\0".join(tokens) == "\0".join([f"{_PREFIX}{i}" for i in ids]):
+            packed["ids"] = _pack_ids(ids)
+            return
+    except (TypeError, ValueError, OverflowError):
+        pass  # not str, not token_id:N, or outside int32
+    if not all(type(t) is str for t in tokens):
+        raise PackError("tokens that are not strings")
+    packed["tok"] = tokens
+
+
+def _pack_floats(values: list[Any], packed: dict[str, Any]) -> None:
+    if not all(type(v) is float for v in values):
+        raise PackError("logprobs that are not floats")  # the choice travels raw
+    wide = array("d", values)
+    try:
+        narrow = array("f", values)
+        exact = array("d", narrow).tobytes() == wide.tobytes()
+    except OverflowError:
+        exact = False
+    packed["lp"] = _to_bytes(narrow if exact else wide)
+    packed["lpw"] = 4 if exact else 8
+
+
+def _pack_bytes(lists: list[Any], packed: dict[str, Any], content: Any) -> None:
+    nones = [b is None for b in lists]
+    if all(nones):
+        return  # no "bl": every token's bytes is null
+    if any(nones):
+        packed["bn"] = bytes(nones)
+    # ValueError/TypeError for anything but lists of 0..255 (pydantic reads those as ints too)
+    if not all(b is None or type(b) is list for b in lists):
+        raise PackError("bytes that are not lists")
+    blobs = [b"" if b is None else bytes(b) for b in lists]
+    lengths = [len(b) for b in blobs]
+    packed["bl"] = _to_bytes(array("B" if max(lengths) < 256 else "I", lengths))
+    blob = b"".join(blobs)
+    if not (isinstance(content, str) and content.encode("utf-8", "surrogatepass") == blob):
+        packed["bb"] = blob
+
+
+def _pack_entries(entries: list[Any], keys: frozenset[str], content: Any) -> dict[str, Any]:
+    if not all(type(e) is dict and e.keys() == keys for e in entries):
+        raise PackError("not vLLM's per-token shape")
+    packed: dict[str, Any] = {"n": len(entries)}
+    _pack_tokens([e["token"] for e in entries], packed)
+    _pack_floats([e["logprob"] for e in entries], packed)
+    _pack_bytes([e["bytes"] for e in entries], packed, content)
+    return packed
+
+
+def pack_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A raw `choices[0]` dict -> its packed form (a msgpack-ready dict)."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if type(logprobs) is dict else None
+    if type(content) is not list or not content:
+        return {"raw": choice}
+    message = choice.get("message")
+    text = message.get("content") if type(message) is dict else None
+    try:
+        packed = _pack_entries(content, _TOKEN_KEYS, text)
+        tops = [e["top_logprobs"] for e in content]
+        if any(tops):
+            if not all(type(t) is list for t in tops):
+                raise PackError("top_logprobs that are not lists")
+            packed["tc"] = _to_bytes(array("I", [len(t) for t in tops]))
+            packed["top"] = _pack_entries([x for t in tops for x in t], _TOP_KEYS, None)
+        elif not all(type(t) is list for t in tops):
+            raise PackError("top_logprobs that are not lists")
+    except (PackError, TypeError, ValueError, OverflowError):
+        return {"raw": choice}
+    head = dict(choice)
+    head["logprobs"] = {k: v for k, v in logprobs.items() if k != "content"}
+    if "ids" in packed and "token_ids" in head and head["token_ids"] == _ids(packed).tolist():
+        del head["token_ids"]
+        packed["tid"] = True
+    packed["head"] = head
+    return packed
+
+
+def _ids(packed: dict[str, Any]) -> array:
+    return _unpack_ids(packed["ids"], packed["n"])
+
+
+class Columns:
+    """Unpacked per-token columns of one choice (or of its flattened top_logprobs)."""
+
+    __slots__ = ("bytes", "logprobs", "tokens")
+
+    def __init__(self, packed: dict[str, Any], content: Any) -> None:
+        count = packed.get("n")
+        if type(count) is not int or count < 0:
+            raise PackError("packed entries without a count")
+        if "ids" in packed:
+            self.tokens: list[Any] = [f"{_PREFIX}{i}" for i in _ids(packed).tolist()]
+        elif (
+            type(packed.get("tok")) is list
+            and len(packed["tok"]) == count
+            and all(type(t) is str for t in packed["tok"])
+        ):
+            self.tokens = packed["tok"]
+        else:
+            raise PackError("packed entries without tokens")
+        width = packed.get("lpw")
+        if width not in (4, 8):
+            raise PackError(f"logprob width {width!r}")
+        typecode = "f" if width == 4 else "d"
+        self.logprobs: list[float] = _from_bytes(typecode, packed.get("lp"), count).tolist()
+        self.bytes = self._bytes(packed, content, count)
+
+    @staticmethod
+    def _bytes(packed: dict[str, Any], content: Any, count: int) -> list[list[int] | None]:
+        if "bl" not in packed:
+            return [None] * count
+        raw = packed["bl"]
+        lengths = _from_bytes("B" if len(raw or b"") == count else "I", raw, count).tolist()
+        if "bb" in packed:
+            blob = packed["bb"]
+        elif isinstance(content, str):
+            blob = content.encode("utf-8", "surrogatepass")
+        else:
+            raise PackError("token bytes taken from a message without content")
+        if not isinstance(blob, bytes) or sum(lengths) != len(blob):
+            raise PackError("token bytes do not add up to their blob")
+        out: list[list[int] | None] = []
+        append = out.append
+        at = 0
+        for length in lengths:
+            append(list(blob[at : at + length]))
+            at += length
+        if "bn" in packed:
+            mask = packed["bn"]
+            if not isinstance(mask, bytes) or len(mask) != count:
+                raise PackError("null-bytes mask of the wrong length")
+            out = [None if null else b for null, b in zip(mask, out, strict=True)]
+        return out
+
+
+def top_counts(packed: dict[str, Any]) -> list[int] | None:
+    """Per-token number of top_logprobs alternatives, or None when every list is empty."""
+    if "tc" not in packed:
+        return None
+    counts = _from_bytes("I", packed["tc"], packed["n"]).tolist()
+    top = packed.get("top")
+    if type(top) is not dict or sum(counts) != top.get("n"):
+        raise PackError("top_logprobs counts do not add up")
+    return counts
+
+
+def head_of(packed: dict[str, Any]) -> dict[str, Any]:
+    """The choice without its per-token entries (`token_ids` restored when it was omitted)."""
+    head = packed.get("head")
+    if type(head) is not dict or type(head.get("logprobs")) is not dict:
+        raise PackError("packed choice without its head")
+    head = dict(head)
+    if packed.get("tid"):
+        head["token_ids"] = _ids(packed).tolist()
+    return head
+
+
+def message_text(head: dict[str, Any]) -> Any:
+    message = head.get("message")
+    return message.get("content") if type(message) is dict else None
+
+
+def unpack_choice(packed: dict[str, Any]) -> dict[str, Any]:
+    """The exact raw `choices[0]` dict that `pack_choice` packed (slow path: plain dicts)."""
+    if "raw" in packed:
+        return packed["raw"]
+    head = head_of(packed)
+    cols = Columns(packed, message_text(head))
+    counts = top_counts(packed)
+    tops: list[list[dict[str, Any]]]
+    if counts is None:
+        tops = [[] for _ in range(packed["n"])]
+    else:
+        alt = Columns(packed["top"], None)
+        flat = [
+            {"token": t, "logprob": lp, "bytes": b}
+            for t, lp, b in zip(alt.tokens, alt.logprobs, alt.bytes, strict=True)
+        ]
+        tops, at = [], 0
+        for count in counts:
+            tops.append(flat[at : at + count])
+            at += count
+    content = [
+        {"token": t, "logprob": lp, "bytes": b, "top_logprobs": top}
+        for t, lp, b, top in zip(cols.tokens, cols.logprobs, cols.bytes, tops, strict=True)
+    ]
+    head["logprobs"] = {**head["logprobs"], "content": content}
+    return head
