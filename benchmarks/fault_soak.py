@@ -176,10 +176,12 @@ class Soak:
         return True
 
     def report(self, seconds: float) -> bool:
-        history = self._read_jsonl(self.art / "rlm-training/models/r2e-rlm-qwen3-14b/history.jsonl")
+        history = self._read_jsonl(
+            self.art / "rlm-training/models/r2e-rlm-qwen3-14b-default/history.jsonl"
+        )
         rows = [h for h in history if "pipeline/groups_dropped" in h]
         calls = self._read_jsonl(
-            self.art / "rlm-training/models/r2e-rlm-qwen3-14b/train_calls.jsonl"
+            self.art / "rlm-training/models/r2e-rlm-qwen3-14b-default/train_calls.jsonl"
         )
         dropped: collections.Counter[str] = collections.Counter()
         for row in rows:
@@ -255,7 +257,9 @@ class Soak:
         return None
 
     def _stream(self) -> str | None:
-        state = self._read_json(self.art / "rlm-training/models/r2e-rlm-qwen3-14b/state.json")
+        state = self._read_json(
+            self.art / "rlm-training/models/r2e-rlm-qwen3-14b-default/state.json"
+        )
         run_key = (state.get("rlm_pipeline") or {}).get("run_key")
         return keys.results_stream(run_key) if run_key else None
 

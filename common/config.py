@@ -12,13 +12,23 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from common.errors import ConfigError
 
@@ -71,6 +81,9 @@ def _to_callable(value: Any) -> Callable[..., Any]:
     return import_callable(value) if isinstance(value, str) else value
 
 
+# Experiment and model names: a directory, a W&B run id, the policy's `name@step`.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
 # Reward functions of common.rewards that read the grader's test results.
 TEST_REWARDS = ("binary_test_reward", "partial_test_reward")
 
@@ -88,8 +101,15 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=True, validate_default=True, extra="forbid")
 
     # --- The seed's flags (same names, defaults and meaning) ---
-    experiment_name: str = Field("default", description="Experiment identifier")
-    model_name: str = Field("r2e-rlm-qwen3-14b", description="ART model name")
+    experiment_name: str = Field(
+        "default",
+        description="Experiment identifier: each experiment trains its own ART model "
+        "<model-name>-<experiment-name> (weights, resume state, W&B run); the same name resumes",
+    )
+    model_name: str = Field(
+        "r2e-rlm-qwen3-14b",
+        description="ART model name (prefix; the W&B group that compares its experiments)",
+    )
     project: str = Field("rlm-training", description="ART project name")
     base_model: str = Field("Qwen/Qwen3-14B", description="HuggingFace base model")
     vllm_url: str = Field(
@@ -124,8 +144,6 @@ class ExperimentConfig(BaseModel):
         "(a function taking the config and returning an art Backend)",
     )
     art_path: str = Field(".art", description="Where ART keeps checkpoints, state and logs")
-    advantage_balance: float = Field(0.0, description="GRPO: bias towards positive advantages")
-    scale_rewards: bool = Field(True, description="GRPO: normalise advantages by reward std dev")
     system_prompt_fn: ImportableFn = Field(
         "common.prompts:r2e_system_prompt", description="System prompt function (module:name)"
     )
@@ -195,16 +213,84 @@ class ExperimentConfig(BaseModel):
         3000, ge=100, description="Code output shown to the model (head and tail kept)"
     )
     max_sub_queries: int = Field(10, ge=0, description="llm_query calls allowed per rollout")
+    grade_unfinished: bool = Field(
+        False,
+        description="Grade rollouts that never called finish() (or left no diff); default: they "
+        "get reward 0 without a grading, as in the original",
+    )
     truncated_rollouts: Literal["score", "mask"] = Field(
         "score",
         description="Rollouts that hit --max-steps or --max-context-tokens: 'score' trains them "
         "with their reward, 'mask' leaves them out of their group",
     )
 
+    # --- GRPO: backend.train()'s parameters, ART 0.5.18 LocalBackend.train's names and defaults,
+    # passed through unchanged (trainer/backend.py: train_kwargs). `--learning-rate` is above. ---
+    loss_fn: Literal["cispo", "ppo"] = Field("cispo", description="GRPO: RL loss function")
+    normalize_advantages: bool = Field(
+        True, description="GRPO: false centres rewards without dividing by their std dev"
+    )
+    kl_penalty_coef: float = Field(
+        0.0, description="GRPO: KL-penalised advantage adjustment coefficient (0: off)"
+    )
+    kl_penalty_reference_step: int | None = Field(
+        None, description="GRPO: checkpoint step used as KL reference; unset: the base model"
+    )
+    kl_ref_adapter_path: str | None = Field(
+        None, description="GRPO: LoRA adapter directory used as KL reference (instead of a step)"
+    )
+    epsilon: float | None = Field(
+        None, description="GRPO: importance-sampling clip epsilon; unset: by --loss-fn"
+    )
+    epsilon_high: float | None = Field(None, description="GRPO: upper clip bound; unset: --epsilon")
+    advantage_balance: float = Field(
+        0.0, ge=-1, le=1, description="GRPO: bias towards positive advantages (-1..1)"
+    )
+    scale_rewards: bool = Field(True, description="GRPO: normalise advantages by reward std dev")
+    importance_sampling_level: Literal["token", "sequence", "average", "geometric_average"] = Field(
+        "token", description="GRPO: level of the importance-sampling weights"
+    )
+    max_negative_advantage_importance_sampling_weight: float | None = Field(
+        None, description="GRPO: cap of the importance weight of negative-advantage samples"
+    )
+    mask_prob_ratio: bool = Field(False, description="GRPO: mask probability ratios")
+    kimi_k2_tau: float | None = Field(None, description="GRPO: Kimi K2 tau (experimental)")
+    precalculate_logprobs: bool = Field(False, description="GRPO: precalculate logprobs")
+    allow_training_without_logprobs: bool = Field(
+        False, description="GRPO: train even where no logprobs are available"
+    )
+    plot_tensors: bool = Field(False, description="GRPO: plot training tensors (debugging)")
+    truncated_importance_sampling: float | None = Field(
+        None, description="GRPO: truncation threshold of importance-sampling weights"
+    )
+    scale_learning_rate_by_reward_std_dev: bool = Field(
+        False, description="GRPO: scale the learning rate by the reward std dev"
+    )
+    logprob_calculation_chunk_size: int = Field(
+        1024, ge=1, description="GRPO: chunk size of the logprob calculation"
+    )
+    packed_sequence_length: int | None = Field(
+        None, ge=1, description="GRPO: packed sequence length; unset: ART's choice"
+    )
+    num_trajectories_learning_rate_multiplier_power: float = Field(
+        0.0, description="GRPO: power of the learning-rate multiplier by trajectory count"
+    )
+
     # --- Health ---
     health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
     max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
     max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
+
+    @field_validator("experiment_name", "model_name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # Part of a directory, a W&B run id and vLLM's `name@step` LoRA name.
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-' only, starting with a letter or digit "
+                "(it names a directory, a W&B run and the policy `name@step`)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ExperimentConfig:
@@ -237,9 +323,21 @@ class ExperimentConfig(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
+    def art_model_name(self) -> str:
+        """The ART model this experiment trains: `<model_name>-<experiment_name>`. Its directory
+        `<art_path>/<project>/models/<art_model_name>` holds the experiment's checkpoints, resume
+        state and W&B run; the policy is served as `<art_model_name>@<step>`."""
+        return f"{self.model_name}-{self.experiment_name}"
+
+    @property
+    def model_dir(self) -> Path:
+        """ART's directory of this experiment's model."""
+        return Path(self.art_path) / self.project / "models" / self.art_model_name
+
+    @property
     def run_id(self) -> str:
         """Prefix of this run's Redis keys and job ids (the trainer adds a per-run suffix)."""
-        raw = f"{self.project}-{self.model_name}"
+        raw = f"{self.project}-{self.art_model_name}"
         return "".join(c if c.isalnum() or c in "-_" else "_" for c in raw)
 
 

@@ -5,7 +5,8 @@ While the job runs, a thread renews its lease in Redis under a token of its own;
 dies the lease expires and the trainer requeues the job, and a late copy of a requeued job never
 deletes the lease of the live one. Rollouts already posted by an earlier run of the same job are
 skipped. An infrastructure failure that outlives its retries is posted as a failed rollout, never
-as reward 0.
+as reward 0. A rollout that never called `finish()`, or left no diff, is a model outcome: reward 0
+without a grading container, as in the original (`--grade-unfinished` grades it anyway).
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ async def _rollout_and_post(
             # Filled in as it goes: a rollout that fails still has its iterations to log.
             outcome = RolloutOutcome()
             await run_rollout(job, client, system_prompt, record=record, outcome=outcome)
-            trajectory = await score(job, outcome, grader, reward_fn)
+            trajectory = await score(
+                job, outcome, grader, reward_fn, grade_unfinished=_grade_unfinished(job)
+            )
             break
         except INFRASTRUCTURE_ERRORS as exc:
             # A sandbox that failed gets a fresh rollout; endpoint and grader errors were already
@@ -147,16 +150,28 @@ def sampled(rollout_id: str, rate: float) -> bool:
     return int(hashlib.sha1(rollout_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
 
 
+def _grade_unfinished(job: RolloutJob) -> bool:
+    # `RolloutJob.grade_unfinished` (--grade-unfinished) where the wire carries it.
+    return bool(getattr(job, "grade_unfinished", False))
+
+
 async def score(
     job: RolloutJob,
     outcome: RolloutOutcome,
     grader: GraderClient | None,
     reward_fn: Callable[[RewardInput], float],
+    *,
+    grade_unfinished: bool = False,
 ) -> WireTrajectory:
-    """Grade the outcome's diff (when the job has a grading spec) and turn it into a reward."""
+    """Grade the outcome's diff (when the job has a grading spec) and turn it into a reward.
+
+    An unfinished rollout (no `finish()`) or an empty diff gets reward 0 without a grading,
+    unless `grade_unfinished`; it is counted (`grading_skipped`) and is no success."""
     report = None
     grading_s = 0.0
-    if grader is not None and job.grading is not None:
+    gradable = outcome.finished and bool(outcome.diff.strip())
+    skipped = grader is not None and job.grading is not None and not (gradable or grade_unfinished)
+    if grader is not None and job.grading is not None and not skipped:
         began = time.monotonic()
         report = await grader.grade(
             GradeRequest(
@@ -168,20 +183,23 @@ async def score(
         )
         grading_s = time.monotonic() - began
     tampered = report is not None and report.tampered
-    reward = float(
-        reward_fn(
-            RewardInput(
-                finished=outcome.finished,
-                truncated=outcome.truncated,
-                steps=outcome.steps,
-                test_results=report.statuses if report else None,
-                expected=job.grading.expected if job.grading else {},
-                fail_to_pass=tuple(job.grading.fail_to_pass) if job.grading else (),
-                pass_to_pass=tuple(job.grading.pass_to_pass) if job.grading else (),
-                tampered=tampered,
+    # Nothing finished, or nothing changed: nothing to grade and nothing to pay (the original).
+    reward = 0.0
+    if not skipped:
+        reward = float(
+            reward_fn(
+                RewardInput(
+                    finished=outcome.finished,
+                    truncated=outcome.truncated,
+                    steps=outcome.steps,
+                    test_results=report.statuses if report else None,
+                    expected=job.grading.expected if job.grading else {},
+                    fail_to_pass=tuple(job.grading.fail_to_pass) if job.grading else (),
+                    pass_to_pass=tuple(job.grading.pass_to_pass) if job.grading else (),
+                    tampered=tampered,
+                )
             )
         )
-    )
     if tampered:
         reward = 0.0  # whatever a custom reward function says: tampering is never paid
     metrics: dict[str, float | int | bool] = {
@@ -196,7 +214,10 @@ async def score(
         "repl_restarts": outcome.repl_restarts,
         "request_retries": outcome.request_retries,
         "diff_lines": outcome.diff.count("\n"),
+        "context_trims": outcome.context_trims,
     }
+    if skipped:
+        metrics |= {"grading_skipped": True, "success": False}
     if report is not None:
         metrics |= {
             "grading_s": round(grading_s, 4),

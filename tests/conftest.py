@@ -162,22 +162,23 @@ def trainer_args(
     return args
 
 
-def model_dir(art_path: Path) -> Path:
-    return art_path / "rlm-training" / "models" / "r2e-rlm-qwen3-14b"
+def model_dir(art_path: Path, experiment: str = "default") -> Path:
+    """The ART model directory of an experiment: `<model_name>-<experiment_name>`."""
+    return art_path / "rlm-training" / "models" / f"r2e-rlm-qwen3-14b-{experiment}"
 
 
-def train_calls(art_path: Path) -> list[dict[str, Any]]:
-    path = model_dir(art_path) / "train_calls.jsonl"
+def train_calls(art_path: Path, experiment: str = "default") -> list[dict[str, Any]]:
+    path = model_dir(art_path, experiment) / "train_calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def history(art_path: Path) -> list[dict[str, Any]]:
-    path = model_dir(art_path) / "history.jsonl"
+def history(art_path: Path, experiment: str = "default") -> list[dict[str, Any]]:
+    path = model_dir(art_path, experiment) / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def pipeline_state(art_path: Path) -> dict[str, Any] | None:
-    path = model_dir(art_path) / "state.json"
+def pipeline_state(art_path: Path, experiment: str = "default") -> dict[str, Any] | None:
+    path = model_dir(art_path, experiment) / "state.json"
     if not path.exists():
         return None
     try:

@@ -34,8 +34,10 @@ def test_train_py_runs_the_walkthrough_command(
             cwd=ROOT, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(train_calls(art_path)) == 2  # 4 scenarios, 2 groups per step
-    written = json.loads((model_dir(art_path) / "pipeline_config.json").read_text())
+    assert len(train_calls(art_path, "longer_context")) == 2  # 4 scenarios, 2 groups per step
+    written = json.loads(
+        (model_dir(art_path, "longer_context") / "pipeline_config.json").read_text()
+    )
     assert (written["experiment_name"], written["max_steps"]) == ("longer_context", 25)
     assert written["max_context_tokens"] == 32000
 

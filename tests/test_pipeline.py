@@ -4,14 +4,17 @@ trainer loop, the scripted LLM standing in for vLLM and the recording backend fo
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import signal
+import time
 from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
 from redis import Redis
-from rq import Worker
+from rq import Queue, Worker
 
 from common import keys
 from common.config import ExperimentConfig, parse_config
@@ -26,7 +29,9 @@ from tests.conftest import (
     wait_for,
 )
 from tests.fakes.recording_backend import CRASH_AFTER_TRAIN_ENV
-from tests.fakes.scripted_llm import ScriptedLLM
+from tests.fakes.scripted_llm import FINISH, WANDER, ScriptedLLM
+from tests.tokenizer import REQUIRE_TORCH_ENV
+from trainer.backend import TRAIN_PARAMS
 from trainer.loop import run_training
 from trainer.status import render_status
 
@@ -44,16 +49,22 @@ def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = G
     calls = train_calls(art_path)
     assert [c["step"] for c in calls] == list(range(1, steps + 1)), "each step trained exactly once"
     seen: set[str] = set()
+    trainable: list[list[bool] | None] = []
     for call in calls:
         assert len(call["groups"]) == groups
         for group in call["groups"]:
             assert group["type"] == "TrajectoryGroup"
             assert group["size"] == ROLLOUTS
             assert len(group["instance_ids"]) == 1, "one scenario per group"
-            assert all(group["trainable"]), "every trajectory carries Choices with logprobs"
+            trainable.append(group["trainable"])
             assert group["policy_versions"] == [call["step"] - 1] * ROLLOUTS
             seen.update(group["instance_ids"])
     assert len(seen) == steps * groups, "no scenario repeated within the epoch"
+    # ART's own tokenizer path found tokens to train in every trajectory (needs torch).
+    if None in trainable and os.environ.get(REQUIRE_TORCH_ENV) != "1":
+        pytest.skip("torch is not installed: trainability by ART's tokenizer not checked")
+    assert None not in trainable, "the recording backend did not run ART's tokenizer"
+    assert trainable and all(all(group) for group in trainable), trainable  # type: ignore[arg-type]
 
 
 def posted(redis: Redis, stream: str) -> int:
@@ -82,7 +93,7 @@ def test_two_steps_with_local_workers(
     assert state.last_completed_step == STEPS - 1
     assert_trained_correctly(art_path)
     assert nothing_left_unacknowledged(redis_url, art_path)
-    assert {f"{config.model_name}@0", f"{config.model_name}@1"} <= llm.models_seen
+    assert {f"{config.art_model_name}@0", f"{config.art_model_name}@1"} <= llm.models_seen
     last = history(art_path)[-1]
     assert last["pipeline/rollouts"] == GROUPS * ROLLOUTS
     assert last["pipeline/failed_rollouts"] == 0
@@ -103,49 +114,69 @@ def test_two_steps_with_local_workers(
     left = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
     assert not left, f"processes left running after the trainer returned: {left}"
     status = render_status(Redis.from_url(redis_url), config.queue_name)
-    assert f"step {STEPS - 1} training" in status and "0 results unacknowledged" in status
+    # The run ended: the status says so, with when, instead of its last live phase.
+    assert f"finished at {time.strftime('%Y-%m-%d', time.gmtime())}" in status, status
+    assert f"(last step {STEPS - 1})" in status and "0 results unacknowledged" in status
+    assert f"step {STEPS - 1} training" not in status
+    # Each step got all of backend.train()'s GRPO parameters, as configured.
+    grpo = {name: getattr(config, name) for name in TRAIN_PARAMS}
+    assert all(call["kwargs"] == grpo for call in train_calls(art_path))
 
 
-def _busy_worker(redis_url: str) -> Worker:
-    def find() -> Worker | None:
-        for worker in Worker.all(connection=Redis.from_url(redis_url), serializer=SERIALIZER):
-            if worker.get_current_job_id():
-                return worker
-        return None
+class _OneThinksLonger:
+    """Per task, conversations 0 and 1 finish at once; later ones think one turn first. So a
+    group has two rollouts posted while its third is still talking to the LLM."""
 
-    return wait_for(find, 30, "a worker running a job")
+    def __init__(self) -> None:
+        self.started: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, messages: list[dict], rng: object) -> str:
+        task = str(messages[1]["content"])
+        if not any(m.get("role") == "assistant" for m in messages):
+            self.started[task] += 1  # the scripted LLM calls scripts under its lock
+            return FINISH if self.started[task] <= 2 else WANDER
+        return FINISH
+
+
+def _second_turn(messages: list[dict]) -> bool:
+    return any(m.get("role") == "assistant" for m in messages)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_worker_stopped_mid_job(
     sig: signal.Signals, redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
+    """One worker takes the first group; two of its rollouts are posted and the third is held
+    mid-request by the LLM until the worker has been stopped: the job is provably unfinished."""
     art_path = tmp_path / "art"
-    with ScriptedLLM(delay_s=0.25, script=lambda m, r: "Still thinking, no code yet.") as slow:
-        for name in ("a", "b"):
-            processes.worker(redis_url, name)
-        trainer = processes.trainer(trainer_args(redis_url, slow.url, dataset, art_path))
-        victim = _busy_worker(redis_url)
+    redis = Redis.from_url(redis_url)
+    agent = _OneThinksLonger()
+    with ScriptedLLM(script=agent, hold_when=_second_turn) as llm:
+        processes.worker(redis_url, "a")
+        trainer = processes.trainer(trainer_args(redis_url, llm.url, dataset, art_path))
+        assert llm.wait_held(1, 60), processes.logs()
+        [victim] = Worker.all(connection=redis, serializer=SERIALIZER)
         job_id = victim.get_current_job_id()
+        assert job_id is not None and job_id.endswith("-s000000-g0000"), job_id
+        wait_for(lambda: redis.scard(keys.posted_rollouts(job_id)) == 2, 30, "two rollouts posted")
         psutil.Process(victim.pid).send_signal(sig)
+        assert psutil.Process(victim.pid).wait(30) == (0 if sig == signal.SIGTERM else -sig)
+        queue = Queue("rollouts", connection=redis, serializer=SERIALIZER)
         if sig == signal.SIGTERM:
-            # The worker gives its job back itself, at once, and exits cleanly.
-            assert psutil.Process(victim.pid).wait(10) == 0
-            wait_for(
-                lambda: _picked_up_by_other(redis_url, job_id, victim.name), 10, "the job rerun"
-            )
+            # The worker gave its job back itself, at the front of the queue, and exited.
+            assert queue.job_ids[:2] == [job_id, job_id.replace("-g0000", "-g0001")]
+        llm.release()
+        processes.worker(redis_url, "b")
         assert trainer.wait(120) == 0, processes.logs()
 
     assert_trained_correctly(art_path)
     requeued_by_trainer = sum(h["pipeline/requeued_jobs"] for h in history(art_path))
     assert requeued_by_trainer == (1 if sig == signal.SIGKILL else 0)
-
-
-def _picked_up_by_other(redis_url: str, job_id: str, dead_worker: str) -> bool:
-    return any(
-        w.get_current_job_id() == job_id and w.name != dead_worker
-        for w in Worker.all(connection=Redis.from_url(redis_url), serializer=SERIALIZER)
-    ) or bool(Redis.from_url(redis_url).exists(keys.posted_rollouts(job_id)))
+    # The rerun skipped the two posted rollouts: each rollout was posted once, and the rerun
+    # started one conversation for the first group, not three.
+    assert posted(redis, results_stream(art_path)) == STEPS * GROUPS * ROLLOUTS
+    first_task = next(iter(agent.started))
+    assert agent.started[first_task] == ROLLOUTS + 1
 
 
 def test_trainer_killed_mid_step_resumes(

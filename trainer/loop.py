@@ -12,13 +12,19 @@ run_training(config)
     ├── backend.train(...)   (skipped if this step trained before a crash)
     ├── model.log(...)
     └── checkpoint the step, then acknowledge the results it used
+└── on the way out: the run's last phase in Redis, `finished` or `stopped: <reason>`
+
+Each experiment trains its own ART model, `<model_name>-<experiment_name>`
+(`ExperimentConfig.art_model_name`): its own checkpoints, resume state and W&B run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -33,7 +39,7 @@ from common.health import HealthMonitor
 from common.queue import connect, rollout_queue
 from common.wire import PolicyRef, RolloutJob, RolloutLimits
 from producer import Schedule, Task, load_tasks
-from trainer.backend import build_backend, register_kwargs
+from trainer.backend import build_backend, register_kwargs, train_kwargs
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.gateway import GATEWAY_TOKEN_ENV, Gateway
@@ -44,7 +50,8 @@ from trainer.observability import WandbLogger
 from trainer.retention import expire_run_keys, redis_used_memory_mb
 from trainer.rlm_logs import write_rlm_logs
 from trainer.services import LocalServices, resolve_redis
-from trainer.state import PipelineState, check_resume
+from trainer.state import PipelineState, check_resume, fresh_state
+from trainer.status import FINISHED, STOPPED, StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +65,23 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
     )
     monitor.start()
-    backend = gateway = wandb_logger = None
+    backend = gateway = wandb_logger = status = None
+    ending = f"{STOPPED}: error"
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
+        grpo = train_kwargs(config, backend)  # a value this backend cannot take stops us here
+        if config.grade_unfinished and "grade_unfinished" not in RolloutJob.model_fields:
+            raise ConfigError(
+                "--grade-unfinished needs RolloutJob.grade_unfinished in common/wire.py, which "
+                "this release's wire lacks: leave the flag off"
+            )
         if config.local_grader:
             services.start_grader()
         services.start_workers(config.local_workers, config.queue_name)
         if config.grader == "docker":
             services.check_grader(config.docker_url)
         model = art.TrainableModel(
-            name=config.model_name, project=config.project, base_model=config.base_model
+            name=config.art_model_name, project=config.project, base_model=config.base_model
         )
         await model.register(backend, **register_kwargs(config))
         gateway = start_gateway(config, model)
@@ -79,7 +93,7 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         if state is None:
             # Recorded before anything trains, so a crash between train() and the checkpoint
             # of step 0 is recognised on restart like any other step's.
-            state = PipelineState.fresh(config.run_id, await model.get_step(), config)
+            state = fresh_state(config, await model.get_step())
             state.write(model)
         else:
             check_resume(state, config, _resolved_config_path(config))
@@ -94,15 +108,24 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             len(loaded.tasks),
         )
         connection = connect(services.redis_url, config.redis_outage_s)
+        status = StatusPublisher(connection, state.run_key)
+        status.start(state.next_step)
         runner = StepRunner(
             config, state.run_key, model, backend, connection, services, gateway, wandb_logger,
+            status, grpo,
         )  # fmt: skip
         for step in range(state.next_step, schedule.total_steps):
             state = await runner.run_step(step, schedule.tasks_for_step(step), state)
         log.info("training finished at step %d", state.last_completed_step)
+        ending = FINISHED
         expire_run_keys(connection, state.run_key, config.keys_ttl_days * 86400)
         return state
+    except BaseException as exc:
+        ending = f"{STOPPED}: {stop_reason(exc)}"
+        raise
     finally:
+        if status is not None:
+            status.end(ending)
         if wandb_logger is not None:
             wandb_logger.close()
         if gateway is not None:
@@ -126,6 +149,8 @@ class StepRunner:
         services: LocalServices,
         gateway: Gateway | None = None,
         wandb: WandbLogger | None = None,
+        status: StatusPublisher | None = None,
+        grpo: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.run_key = run_key
@@ -135,6 +160,8 @@ class StepRunner:
         self.services = services
         self.gateway = gateway
         self.wandb = wandb
+        self.status = status or StatusPublisher(connection, run_key)
+        self.grpo = grpo if grpo is not None else train_kwargs(config, backend)
         self.collector = ResultCollector(connection, run_key)
         self.dispatcher = Dispatcher(
             rollout_queue(config.queue_name, connection),
@@ -184,13 +211,7 @@ class StepRunner:
             if self.gateway is not None:
                 self.gateway.sleeping.set()  # vLLM sleeps while a single GPU trains
             try:
-                result = await self.backend.train(
-                    self.model,
-                    assembled.groups,
-                    learning_rate=self.config.learning_rate,
-                    advantage_balance=self.config.advantage_balance,
-                    scale_rewards=self.config.scale_rewards,
-                )
+                result = await self.backend.train(self.model, assembled.groups, **self.grpo)
             finally:
                 if self.gateway is not None:
                     self.gateway.sleeping.clear()
@@ -262,6 +283,7 @@ class StepRunner:
             lease_ttl_s=config.lease_ttl_s,
             log_sample_rate=config.log_sample_rate,
             enqueued_at=time.time(),
+            **({"grade_unfinished": True} if config.grade_unfinished else {}),
         )
 
     def _log_dir(self, step: int) -> Path:
@@ -270,16 +292,21 @@ class StepRunner:
     def _publish_status(
         self, step: int, phase: str, groups_in_flight: int, waiting_for: list[str]
     ) -> None:
-        self.connection.hset(
-            keys.trainer_status(self.run_key),
-            mapping={
-                "step": step,
-                "phase": phase,
-                "groups_in_flight": groups_in_flight,
-                "waiting_for": "\n".join(waiting_for),
-                "updated_at": time.time(),
-            },
-        )
+        self.status.publish(step, phase, groups_in_flight, waiting_for)
+
+
+def stop_reason(exc: BaseException) -> str:
+    """Why the trainer stopped, in a few words, for `python -m trainer.status`."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        try:
+            return signal.Signals(exc.code - 128).name
+        except ValueError:
+            return f"exit {exc.code}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def start_gateway(config: ExperimentConfig, model: Any) -> Gateway | None:
@@ -301,13 +328,7 @@ def public_url(gateway: Gateway) -> str:
 
 
 def _resolved_config_path(config: ExperimentConfig) -> Path:
-    return (
-        Path(config.art_path)
-        / config.project
-        / "models"
-        / config.model_name
-        / ("pipeline_config.json")
-    )
+    return config.model_dir / "pipeline_config.json"
 
 
 def _write_resolved_config(config: ExperimentConfig, model: Any) -> None:

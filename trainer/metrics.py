@@ -49,6 +49,8 @@ def step_metrics(
         "pipeline/queue_depth": float(queue_depth),
         "pipeline/step_wait_s": wait_s,
         "pipeline/step_train_s": train_s,
+        # Unfinished rollouts and empty diffs: reward 0 without a grading (--grade-unfinished).
+        "pipeline/gradings_skipped": float(sum(bool(t.metrics.get("grading_skipped")) for t in ok)),
     }
     for reason, count in dropped.items():
         metrics[f"pipeline/groups_dropped/{reason}"] = float(count)

@@ -1,12 +1,16 @@
 """W&B for a run. With WANDB_API_KEY, ART logs `model.log(...)` online and we add the full config
 and `config_hash` to the run; without one, the same figures go to an offline run of our own
-(`wandb sync <dir>` uploads it later); `--no-wandb` turns W&B off."""
+(`wandb sync <dir>` uploads it later); `--no-wandb` turns W&B off.
+
+One W&B run per experiment, named after its ART model (`<model_name>-<experiment_name>`) and
+grouped by `--model-name`, so a model's experiments compare side by side. Online, ART's run id
+is the ART model name (a restart resumes it); offline, the run key (new with every fresh start).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from statistics import fmean
 from typing import Any
 
@@ -24,6 +28,8 @@ class WandbLogger:
             os.environ["WANDB_MODE"] = "disabled"
             return
         run_config = {**config.redacted_dump(), "config_hash": config.config_hash}
+        # ART's own wandb.init has no group argument: W&B reads it from the environment.
+        os.environ["WANDB_RUN_GROUP"] = config.model_name
         if not os.environ.get("WANDB_API_KEY"):
             # An empty key (say, `WANDB_API_KEY=` in .env) is no key: ART would try it online.
             os.environ.pop("WANDB_API_KEY", None)
@@ -37,11 +43,12 @@ class WandbLogger:
             return
         import wandb
 
-        directory = Path(config.art_path) / config.project / "models" / config.model_name
+        directory = config.model_dir
         directory.mkdir(parents=True, exist_ok=True)
         self._offline = wandb.init(
             project=config.project,
-            name=config.model_name,
+            group=config.model_name,
+            name=config.art_model_name,
             id=run_key,
             dir=str(directory),
             mode="offline",

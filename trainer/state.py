@@ -3,6 +3,9 @@
 The state records the config fields that give the run its shape (job ids, group sizes, the
 scenario order). Resuming with any of them changed is refused, naming them: job ids would be
 reused for different groups. Other changed fields are logged.
+
+Each experiment has a state of its own: it lives in the directory of the experiment's ART model
+(`ExperimentConfig.model_dir`), so a new `--experiment-name` is a fresh run, never a resume.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = "rlm_pipeline"  # ART keeps its own keys in state.json; ours live under this one
 SHAPE_FIELDS = (
+    "model_name",
+    "experiment_name",
     "rollouts_per_group",
     "groups_per_step",
     "dataset",
@@ -68,6 +73,19 @@ class PipelineState:
         model.merge_state({STATE_KEY: asdict(self)})
 
 
+def fresh_state(config: ExperimentConfig, model_step: int) -> PipelineState:
+    """The state of a run starting from scratch. Checkpoints already in the model directory
+    (its state.json deleted, say) are where the weights start: said loudly, with the fix."""
+    if model_step > 0:
+        log.warning(
+            "no resume state in %s but checkpoints up to step %d: the new run starts from those "
+            "weights; to train from the base model, delete the whole directory (or use another "
+            "--experiment-name)",
+            config.model_dir, model_step,
+        )  # fmt: skip
+    return PipelineState.fresh(config.run_id, model_step, config)
+
+
 def check_resume(state: PipelineState, config: ExperimentConfig, previous_config: Path) -> None:
     """Refuse to resume with a changed run shape (naming the fields); log other changes."""
     if state.config_hash == config.config_hash:
@@ -80,13 +98,14 @@ def check_resume(state: PipelineState, config: ExperimentConfig, previous_config
         )
         raise ConfigError(
             f"cannot resume run {state.run_key}: {described} changes the run's shape; restore "
-            "the old value, or start afresh with another --model-name (or delete the model dir)"
+            "the old value, or start a new experiment with another --experiment-name (or delete "
+            f"{config.model_dir})"
         )
     try:
         before = json.loads(previous_config.read_text())
     except (OSError, ValueError):
         before = {}
-    now = config.model_dump(mode="json")
+    now = config.redacted_dump()  # pipeline_config.json holds the redacted form
     others = sorted(k for k in now if k in before and before[k] != now[k])
     log.warning(
         "resuming run %s with config %s (was %s); changed: %s",

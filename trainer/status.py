@@ -3,24 +3,126 @@
 Prints each run's current step and phase, its groups in flight and unacknowledged results, which
 rollouts the trainer waits for and why, the queue's depth and registries, and the live workers
 with the job each is running. Nothing is unpickled: jobs are read with the JSON serializer.
+
+A run that ended says so, with when: `finished` or `stopped: <reason>` (the trainer writes its
+last phase on the way out). A trainer killed outright (SIGKILL, machine lost) writes nothing, so
+every live trainer also beats a heartbeat: a run whose heartbeat is older than `--stale-after-s`
+shows as `stale since <time>`. `StatusPublisher` is the trainer's side of the same hash.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from common import keys
+from common.config import REDIS_URL_ENV, redact_url
 from common.queue import SERIALIZER, rollout_queue
 
+log = logging.getLogger(__name__)
 
-def render_status(connection: Redis, queue_name: str) -> str:
-    now = time.time()
+HEARTBEAT_S = 5.0  # how often a live trainer stamps its status hash
+STALE_AFTER_S = 60.0  # a run whose heartbeat is older than this shows as stale
+FINISHED = "finished"
+STOPPED = "stopped"  # the phase is `stopped: <reason>`
+
+
+class StatusPublisher:
+    """Keeps `keys.trainer_status(run_key)` current: phase updates from the loop, a heartbeat
+    from a thread of its own (so a long `backend.train()` still beats), and the final phase."""
+
+    def __init__(self, connection: Redis, run_key: str, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.connection, self.key, self.heartbeat_s = (
+            connection,
+            keys.trainer_status(run_key),
+            heartbeat_s,
+        )
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="status-heartbeat", daemon=True)
+
+    def start(self, step: int) -> None:
+        self.publish(step, "starting", 0, [])
+        self._thread.start()
+
+    def publish(self, step: int, phase: str, groups_in_flight: int, waiting_for: list[str]) -> None:
+        now = time.time()
+        self.connection.hset(
+            self.key,
+            mapping={
+                "step": step,
+                "phase": phase,
+                "groups_in_flight": groups_in_flight,
+                "waiting_for": "\n".join(waiting_for),
+                "updated_at": now,
+                "heartbeat_at": now,
+            },
+        )
+
+    def end(self, phase: str) -> None:
+        """The run's last word: `finished` or `stopped: <reason>`. Never raises: it runs on the
+        way out, perhaps because Redis is gone."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.heartbeat_s + 5)
+        now = time.time()
+        try:
+            self.connection.hset(
+                self.key,
+                mapping={"phase": phase, "groups_in_flight": 0, "waiting_for": "",
+                         "updated_at": now, "heartbeat_at": now, "ended_at": now},
+            )  # fmt: skip
+        except RedisError as exc:
+            log.warning("could not record the run's end (%s) in Redis: %s", phase, exc)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.heartbeat_s):
+            try:
+                self.connection.hset(self.key, "heartbeat_at", time.time())
+            except RedisError as exc:
+                log.debug("status heartbeat failed: %s", exc)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def describe_run(status: dict[str, str], pending: int, now: float, stale_after_s: float) -> str:
+    """One line about a run, from its status hash."""
+    step, phase = status.get("step", "?"), status.get("phase", "?")
+    if phase == FINISHED or phase.startswith(STOPPED):
+        ended = float(status.get("ended_at") or status.get("updated_at") or now)
+        return f"{phase} at {_when(ended)} (last step {step}), {pending} results unacknowledged"
+    beat = float(status.get("heartbeat_at") or status.get("updated_at") or now)
+    line = (
+        f"step {step} {phase}, {status.get('groups_in_flight', '?')} groups in flight, "
+        f"{pending} results unacknowledged"
+    )
+    if now - beat > stale_after_s:
+        return (
+            f"stale since {_when(beat)} (was: {line}; no heartbeat for {now - beat:.0f}s: the "
+            "trainer was killed or hangs; start it again with the same flags to resume)"
+        )
+    age = now - float(status.get("updated_at", now))
+    return f"{line}, updated {age:.0f}s ago"
+
+
+def render_status(
+    connection: Redis,
+    queue_name: str,
+    now: float | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+) -> str:
+    now = time.time() if now is None else now
     lines = ["runs:"]
     for key in sorted(connection.scan_iter(match=f"{keys.PREFIX}:*:status")):
         run_key = key.decode().split(":")[1]
@@ -30,14 +132,11 @@ def render_status(connection: Redis, queue_name: str) -> str:
         if connection.exists(stream):
             groups = connection.xinfo_groups(stream)
             pending = sum(int(g["pending"]) for g in groups)
-        age = now - float(status.get("updated_at", now))
-        lines.append(
-            f"  {run_key}: step {status.get('step', '?')} {status.get('phase', '?')}, "
-            f"{status.get('groups_in_flight', '?')} groups in flight, "
-            f"{pending} results unacknowledged, updated {age:.0f}s ago"
-        )
-        for line in filter(None, status.get("waiting_for", "").splitlines()):
-            lines.append(f"    waiting for {line}")
+        line = describe_run(status, pending, now, stale_after_s)
+        lines.append(f"  {run_key}: {line}")
+        if not line.startswith(("stale", FINISHED, STOPPED)):
+            for waiting in filter(None, status.get("waiting_for", "").splitlines()):
+                lines.append(f"    waiting for {waiting}")
     if len(lines) == 1:
         lines.append("  (none)")
     queue = rollout_queue(queue_name, connection)
@@ -56,10 +155,23 @@ def render_status(connection: Redis, queue_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.status", description=__doc__)
-    parser.add_argument("--redis-url", default="redis://localhost:6379/0")
+    default_url = os.environ.get(REDIS_URL_ENV) or "redis://localhost:6379/0"
+    parser.add_argument(
+        "--redis-url",
+        default=default_url,
+        help=f"Redis URL (also from {REDIS_URL_ENV}, which keeps its password off the command "
+        f"line; default: {redact_url(default_url)})".replace("%", "%%"),
+    )
     parser.add_argument("--queue-name", default="rollouts")
+    parser.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=STALE_AFTER_S,
+        help=f"A run without a heartbeat this long shows as stale (default: {STALE_AFTER_S:.0f})",
+    )
     args = parser.parse_args(argv)
-    print(render_status(Redis.from_url(args.redis_url), args.queue_name))  # noqa: T201
+    text = render_status(Redis.from_url(args.redis_url), args.queue_name, None, args.stale_after_s)
+    print(text)  # noqa: T201
     return 0
 
 
