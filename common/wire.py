@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common import keys
 from common.errors import WireError
-from common.packed import pack_choice, unpack_choice
+from common.packed import no_gc, pack_choice, unpack_choice
 
 # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
 # 3: choices packed (per-token arrays, common.packed)
@@ -193,7 +193,8 @@ def _body(message: _Wire) -> dict[str, Any]:
     if not isinstance(message, RolloutResult) or message.trajectory is None:
         return message.model_dump()
     body = message.model_dump(exclude={"trajectory"})
-    body["trajectory"] = _trajectory_body(message.trajectory)
+    with no_gc():
+        body["trajectory"] = _trajectory_body(message.trajectory)
     return {name: body[name] for name in RolloutResult.model_fields}
 
 

@@ -11,9 +11,7 @@ tokens, float logprobs, int byte lists). Validating each of them again costs ~10
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import art
@@ -25,28 +23,16 @@ from common.wire import WireHistory, WireItem, WireTrajectory
 
 _new = object.__new__
 _set = object.__setattr__
-_TOKEN_FIELDS = frozenset(ChatCompletionTokenLogprob.model_fields)
-_TOP_FIELDS = frozenset(TopLogprob.model_fields)
+# Shared by every object built here: all fields are set, so pydantic never adds to it.
+_TOKEN_FIELDS = set(ChatCompletionTokenLogprob.model_fields)
+_TOP_FIELDS = set(TopLogprob.model_fields)
 
 
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Hundreds of thousands of new objects trigger the cycle collector again and again (3x the
-    cost); none of them is cyclic."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _construct(cls: type, fields: frozenset[str], values: dict[str, Any]) -> Any:
+def _construct(cls: type, fields: set[str], values: dict[str, Any]) -> Any:
     """What `cls.model_construct(**values)` builds, at a fifth of its cost."""
     obj = _new(cls)
     _set(obj, "__dict__", values)
-    _set(obj, "__pydantic_fields_set__", set(fields))
+    _set(obj, "__pydantic_fields_set__", fields)
     _set(obj, "__pydantic_extra__", {})
     _set(obj, "__pydantic_private__", None)
     return obj
@@ -74,17 +60,13 @@ def packed_choice(data: dict[str, Any]) -> Choice:
         return Choice.model_validate(data["raw"])
     head = packed.head_of(data)
     choice = Choice.model_validate(head | {"logprobs": head["logprobs"] | {"content": []}})
-    with _no_gc():
-        cols = packed.Columns(data, packed.message_text(head))
-        tops = _tops(data, data["n"])
-        content = [
-            _construct(
-                ChatCompletionTokenLogprob,
-                _TOKEN_FIELDS,
-                {"token": t, "bytes": b, "logprob": lp, "top_logprobs": top},
-            )
-            for t, b, lp, top in zip(cols.tokens, cols.bytes, cols.logprobs, tops, strict=True)
-        ]
+    cols = packed.Columns(data, packed.message_text(head))
+    tops = _tops(data, data["n"])
+    cls, fields = ChatCompletionTokenLogprob, _TOKEN_FIELDS
+    content = [
+        _construct(cls, fields, {"token": t, "bytes": b, "logprob": lp, "top_logprobs": top})
+        for t, b, lp, top in zip(cols.tokens, cols.bytes, cols.logprobs, tops, strict=True)
+    ]
     choice.logprobs.content = content
     return choice
 
@@ -112,6 +94,11 @@ def _items_from_art(messages_and_choices: Iterable[Any]) -> list[WireItem]:
 
 
 def to_art_trajectory(wire: WireTrajectory) -> art.Trajectory:
+    with packed.no_gc():
+        return _to_art_trajectory(wire)
+
+
+def _to_art_trajectory(wire: WireTrajectory) -> art.Trajectory:
     return art.Trajectory(
         messages_and_choices=_items_to_art(wire.messages_and_choices),
         tools=wire.tools,

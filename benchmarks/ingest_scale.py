@@ -1,0 +1,287 @@
+"""Wire and ingest at fleet scale: W worker processes post finished rollouts through Redis to
+the trainer's collector, which decodes them and builds ART's objects.
+
+Rollouts are shaped like vLLM's answers (every completion token `token_id:N` with a float32
+logprob and its bytes, `token_ids` and `stop_reason` extra fields): `--turns` assistant turns of
+`--tokens` tokens each, plus `--sub-agents` histories of `--sub-turns` turns. Each worker process
+builds its trajectory once, then per rollout encodes a `RolloutResult` and XADDs it, paced so the
+fleet offers `--load` times what the trainer absorbed in a first, unpaced run; the trainer (this
+process) polls with `ResultCollector.poll` (decode + ART objects), then acknowledges.
+
+Printed per wire version (v3: packed, the current one; v2: one map per token, as before) and
+fleet size: wire bytes per completion token, the codec alone (worker encode, trainer decode,
+ART objects; us per token), then rollouts/s, tokens/s, MB/s, Redis peak memory, trainer CPU
+per rollout, p50/p99 post-to-available latency (encode start to ART objects held).
+
+    uv run python benchmarks/ingest_scale.py [--workers 2 8 32] [--turns 15] [--tokens 1000]
+        [--sub-agents 2] [--sub-turns 3] [--rollouts 48] [--versions 3 2]
+    uv run python benchmarks/ingest_scale.py --turns 1 --tokens 10 --sub-agents 0 \\
+        --rollouts 20000   # tiny rollouts: where the queue itself tops out
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from common import keys  # noqa: E402
+from common.wire import (  # noqa: E402
+    RolloutResult,
+    WireHistory,
+    WireItem,
+    WireTrajectory,
+    decode,
+    encode,
+)
+from trainer.collector import ResultCollector  # noqa: E402
+from trainer.services import start_redis_server  # noqa: E402
+from trainer.trajectories import to_art_trajectory  # noqa: E402
+
+RUN_ID = "ingest"
+PIECES = [
+    "def", " ", "self", ".", "_", "(", ")", ":", "\n", "    ", "return", " x", " =", " None",
+    " if", " not", " in", " for", " i", " range", "(len", "),", " '", "',", " \"", "pandas",
+    " import", " numpy", " as", " np", "\n\n", " #", " the", " fix", " é", "→", "🙂", "```",
+    "python", "print", "(df", ".loc", "[", "]", " ==", " True", " False", " raise", " Error",
+]  # fmt: skip
+
+
+def _f32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def make_choice(rng: random.Random, tokens: int) -> dict[str, Any]:
+    """`choices[0]` as ART's vLLM returns it (logprobs computed in float32, as vLLM does)."""
+    pieces = [rng.choice(PIECES) for _ in range(tokens)]
+    ids = [rng.randrange(151_000) for _ in range(tokens)]
+    content = [
+        {
+            "token": f"token_id:{t}",
+            "logprob": _f32(-rng.expovariate(3.0)),
+            "bytes": list(p.encode()),
+            "top_logprobs": [],
+        }
+        for t, p in zip(ids, pieces, strict=True)
+    ]
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": "".join(pieces), "tool_calls": []},
+        "logprobs": {"content": content},
+        "finish_reason": "stop",
+        "stop_reason": None,
+        "token_ids": ids,
+    }
+
+
+def _turns(rng: random.Random, turns: int, tokens: int) -> list[WireItem]:
+    items = [
+        WireItem(kind="message", data={"role": "system", "content": "You are a coder." * 50}),
+        WireItem(kind="message", data={"role": "user", "content": "Fix the bug. " * 100}),
+    ]
+    for _ in range(turns):
+        items.append(WireItem(kind="choice", data=make_choice(rng, tokens)))
+        items.append(WireItem(kind="message", data={"role": "user", "content": "out " * 200}))
+    return items
+
+
+def make_trajectory(args: argparse.Namespace, seed: int) -> WireTrajectory:
+    rng = random.Random(seed)
+    return WireTrajectory(
+        messages_and_choices=_turns(rng, args.turns, args.tokens),
+        additional_histories=[
+            WireHistory(messages_and_choices=_turns(rng, args.sub_turns, args.tokens))
+            for _ in range(args.sub_agents)
+        ],
+        reward=1.0,
+        metrics={"steps": args.turns},
+    )
+
+
+def completion_tokens(args: argparse.Namespace) -> int:
+    return args.tokens * (args.turns + args.sub_agents * args.sub_turns)
+
+
+def encode_as(result: RolloutResult, version: int) -> bytes:
+    if version == 3:
+        return encode(result)
+    # v1/v2: the body as pydantic dumps it, one map per token (what workers sent before v3)
+    envelope = {"v": version, "type": "rollout_result", "body": result.model_dump()}
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+def make_result(trajectory: WireTrajectory, worker: int, index: int) -> RolloutResult:
+    now = time.time()
+    return RolloutResult(
+        run_id=RUN_ID, job_id=f"w{worker}", rollout_id=f"w{worker}-{index}", step=0,
+        group_index=worker, rollout_index=index, instance_id="bench", policy_step=0,
+        status="ok", trajectory=trajectory, enqueued_at=now, started_at=now, finished_at=now,
+    )  # fmt: skip
+
+
+def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
+    trajectory = make_trajectory(args, 0)
+    best: dict[str, float] = {}
+    for _ in range(args.repeats):
+        began = time.perf_counter()
+        data = encode_as(make_result(trajectory, 0, 0), version)
+        encoded = time.perf_counter()
+        wire = decode(data, RolloutResult).trajectory
+        decoded = time.perf_counter()
+        to_art_trajectory(wire)
+        built = time.perf_counter()
+        for key, value in (
+            ("encode", encoded - began),
+            ("decode", decoded - encoded),
+            ("build", built - decoded),
+        ):
+            best[key] = min(best.get(key, value), value)
+        best["bytes"] = len(data)
+    return best
+
+
+def worker_main(
+    url: str, version: int, worker: int, count: int, interval: float, args: Any
+) -> None:
+    connection = Redis.from_url(url)
+    trajectory = make_trajectory(args, worker + 1)
+    stream = keys.results_stream(RUN_ID)
+    start = time.monotonic()
+    for index in range(count):
+        if interval:
+            delay = start + index * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the offered load (a benchmark, not a test)
+        data = encode_as(make_result(trajectory, worker, index), version)
+        connection.xadd(stream, {"data": data})
+
+
+def fleet(
+    args: argparse.Namespace, version: int, workers: int, rate: float | None, wire_bytes: int
+) -> dict[str, float]:
+    """One run: W processes post args.rollouts rollouts (paced to `rate` rollouts/s in all)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_redis_server(Path(tmp), appendonly=False)
+        try:
+            return _fleet(args, version, workers, rate, url) | {
+                "MB/s": 0.0,
+                "wire_bytes": wire_bytes,
+            }
+        finally:
+            server.terminate()
+            server.wait()
+
+
+def _fleet(
+    args: argparse.Namespace, version: int, workers: int, rate: float | None, url: str
+) -> dict:
+    connection = Redis.from_url(url)
+    collector = ResultCollector(connection, RUN_ID)
+    per_worker = max(1, args.rollouts // workers)
+    total = per_worker * workers
+    interval = workers / rate if rate else 0.0
+    context = mp.get_context("fork")
+    processes = [
+        context.Process(target=worker_main, args=(url, version, w, per_worker, interval, args))
+        for w in range(workers)
+    ]
+    latencies: list[float] = []
+    received = 0
+    peak_memory = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for process in processes:
+        process.start()
+    next_sample = 0.0
+    while received < total:
+        polled = collector.poll(block_ms=1000, count=args.batch)
+        now = time.time()
+        for item in polled.received:
+            latencies.append(now - item.result.finished_at)
+        received += len(polled.received)
+        if polled.rejected:
+            raise RuntimeError(f"rejected: {polled.rejected[0]}")
+        if time.perf_counter() >= next_sample:
+            next_sample = time.perf_counter() + 0.2
+            peak_memory = max(peak_memory, connection.info("memory")["used_memory"])
+        collector.ack([item.entry_id for item in polled.received])
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    for process in processes:
+        process.join()
+    tokens = completion_tokens(args) * total
+    latencies.sort()
+    return {
+        "rollouts/s": total / wall,
+        "Mtok/s": tokens / wall / 1e6,
+        "redis MB": peak_memory / 1e6,
+        "cpu ms/rollout": cpu / total * 1000,
+        "p50 ms": statistics.median(latencies) * 1000,
+        "p99 ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--turns", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--sub-agents", type=int, default=2)
+    parser.add_argument("--sub-turns", type=int, default=3)
+    parser.add_argument("--rollouts", type=int, default=48)
+    parser.add_argument("--versions", type=int, nargs="+", default=[3, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64, help="entries per XREADGROUP")
+    parser.add_argument("--load", type=float, default=0.5, help="paced runs: share of capacity")
+    args = parser.parse_args()
+    tokens = completion_tokens(args)
+    print(f"rollout: {args.turns} turns x {args.tokens} tokens + {args.sub_agents} sub-agents x "
+          f"{args.sub_turns} turns = {tokens:,} completion tokens")  # fmt: skip
+    print(f"\ncodec alone (best of {args.repeats}), one process")
+    print("| wire | bytes/token | encode ms | decode ms | ART objects ms | us/token |")
+    print("|---|---|---|---|---|---|")
+    sizes = {}
+    for version in args.versions:
+        c = codec(args, version)
+        sizes[version] = int(c["bytes"])
+        total = c["encode"] + c["decode"] + c["build"]
+        print(f"| v{version} | {c['bytes'] / tokens:.1f} | {c['encode'] * 1e3:.1f} | "
+              f"{c['decode'] * 1e3:.1f} | {c['build'] * 1e3:.1f} | {total / tokens * 1e6:.2f} |")  # fmt: skip
+    print("\nfleet: W worker processes -> Redis -> trainer collector (decode + ART objects)")
+    header = ["wire", "W", "run"]
+    rows = []
+    for version in args.versions:
+        size = sizes[version]
+        for workers in args.workers:
+            flat_out = fleet(args, version, workers, None, size)
+            paced = fleet(args, version, workers, flat_out["rollouts/s"] * args.load, size)
+            rows.append([f"v{version}", workers, "max", flat_out])
+            rows.append([f"v{version}", workers, f"{args.load:.0%} load", paced])
+            print(f"  v{version} W={workers}: {flat_out['rollouts/s']:.1f} rollouts/s", flush=True)
+    for row in rows:
+        stats = row[3]
+        stats["MB/s"] = stats.pop("wire_bytes") * stats["rollouts/s"] / 1e6
+    columns = ["rollouts/s", "Mtok/s", "MB/s", "redis MB", "cpu ms/rollout", "p50 ms", "p99 ms"]
+    print("| " + " | ".join(header + columns) + " |")
+    print("|" + "---|" * (len(header) + len(columns)))
+    for version, workers, run, stats in rows:
+        cells = [version, str(workers), run] + [f"{stats[c]:,.1f}" for c in columns]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
