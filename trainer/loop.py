@@ -20,11 +20,9 @@ Each experiment trains its own ART model, `<model_name>-<experiment_name>`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -51,7 +49,7 @@ from trainer.retention import expire_run_keys, redis_used_memory_mb
 from trainer.rlm_logs import write_rlm_logs
 from trainer.services import LocalServices, resolve_redis
 from trainer.state import PipelineState, check_resume, fresh_state
-from trainer.status import FINISHED, STOPPED, StatusPublisher
+from trainer.status import FINISHED, STOPPED, SignalNotes, StatusPublisher, stop_reason
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +65,7 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
     monitor.start()
     backend = gateway = wandb_logger = status = None
     ending = f"{STOPPED}: error"
+    signals = SignalNotes()
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
         grpo = train_kwargs(config, backend)  # a value this backend cannot take stops us here
@@ -121,9 +120,10 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
         expire_run_keys(connection, state.run_key, config.keys_ttl_days * 86400)
         return state
     except BaseException as exc:
-        ending = f"{STOPPED}: {stop_reason(exc)}"
+        ending = f"{STOPPED}: {signals.reason() or stop_reason(exc)}"
         raise
     finally:
+        signals.restore()
         if status is not None:
             status.end(ending)
         if wandb_logger is not None:
@@ -293,20 +293,6 @@ class StepRunner:
         self, step: int, phase: str, groups_in_flight: int, waiting_for: list[str]
     ) -> None:
         self.status.publish(step, phase, groups_in_flight, waiting_for)
-
-
-def stop_reason(exc: BaseException) -> str:
-    """Why the trainer stopped, in a few words, for `python -m trainer.status`."""
-    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
-        try:
-            return signal.Signals(exc.code - 128).name
-        except ValueError:
-            return f"exit {exc.code}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def start_gateway(config: ExperimentConfig, model: Any) -> Gateway | None:

@@ -13,12 +13,15 @@ shows as `stale since <time>`. `StatusPublisher` is the trainer's side of the sa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -90,6 +93,51 @@ class StatusPublisher:
                 self.connection.hset(self.key, "heartbeat_at", time.time())
             except RedisError as exc:
                 log.debug("status heartbeat failed: %s", exc)
+
+
+class SignalNotes:
+    """Notes SIGTERM and SIGINT as they arrive, then lets their handlers act as before: asyncio
+    turns both into a cancelled task, and the status should say which signal it was."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: list[signal.Signals] = []
+        self.previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers
+        for sig in self.SIGNALS:
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                self.previous[sig] = handler
+                signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        self.received.append(sig)
+        self.previous[sig](signum, frame)
+
+    def reason(self) -> str | None:
+        return self.received[0].name if self.received else None
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
+def stop_reason(exc: BaseException) -> str:
+    """Why the trainer stopped, in a few words, for `python -m trainer.status`."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        try:
+            return signal.Signals(exc.code - 128).name
+        except ValueError:
+            return f"exit {exc.code}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _when(timestamp: float) -> str:

@@ -1,0 +1,101 @@
+"""Rollouts that never called finish(), or changed nothing, get reward 0 without a grading (as
+the original did), counted per step; `--grade-unfinished` grades them anyway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from common.errors import GraderError
+from common.wire import (
+    GradingSpec,
+    PolicyRef,
+    RolloutJob,
+    RolloutLimits,
+    RolloutResult,
+    Scenario,
+    WireTrajectory,
+)
+from grader.client import GraderClient
+from rollout_workers.job import score
+from rollout_workers.rollout import RolloutOutcome
+from trainer.groups import StepResults
+from trainer.metrics import step_metrics
+from trainer.services import free_port
+
+DIFF = "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
+
+
+def _job() -> RolloutJob:
+    limits = RolloutLimits(
+        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
+        max_output_chars=1000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.01,
+    )  # fmt: skip
+    return RolloutJob(
+        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
+        scenario=Scenario(instance_id="calc", problem_statement="Fix it."),
+        grading=GradingSpec(docker_image="rlm-fixtures/calc_final:x", expected={"t": "PASSED"}),
+        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint="http://x"), limits=limits,
+        system_prompt_fn="common.prompts:r2e_system_prompt",
+        reward_fn="common.rewards:binary_test_reward", results_stream="rlm:t:results",
+        lease_ttl_s=10, enqueued_at=0.0,
+    )  # fmt: skip
+
+
+async def _score(outcome: RolloutOutcome, grade_unfinished: bool = False) -> WireTrajectory:
+    from common.rewards import binary_test_reward
+
+    # The real client, pointed at a port nobody listens on: any grading attempt raises.
+    grader = GraderClient(f"http://127.0.0.1:{free_port()}", token="t", retries=0)
+    try:
+        return await score(
+            _job(), outcome, grader, binary_test_reward, grade_unfinished=grade_unfinished
+        )
+    finally:
+        await grader.aclose()
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        RolloutOutcome(finished=False, truncated=True, steps=4, diff=DIFF, context_trims=2),
+        RolloutOutcome(finished=True, steps=2, diff=""),
+        RolloutOutcome(finished=True, steps=2, diff="\n"),
+    ],
+    ids=["no_finish", "empty_diff", "blank_diff"],
+)
+def test_unfinished_or_empty_gets_zero_without_a_grading(outcome: RolloutOutcome) -> None:
+    trajectory = asyncio.run(_score(outcome))
+    assert trajectory.reward == 0.0
+    assert trajectory.metrics["grading_skipped"] is True
+    assert trajectory.metrics["success"] is False  # counted as a miss in the success rate
+    assert "grading_s" not in trajectory.metrics and "tampered" not in trajectory.metrics
+    assert trajectory.metrics["context_trims"] == outcome.context_trims
+
+
+def test_grade_unfinished_grades_anyway_and_a_finished_diff_is_graded() -> None:
+    unfinished = RolloutOutcome(finished=False, truncated=True, steps=4, diff=DIFF)
+    with pytest.raises(GraderError, match="unreachable"):  # it did go to the grader
+        asyncio.run(_score(unfinished, grade_unfinished=True))
+    with pytest.raises(GraderError, match="unreachable"):
+        asyncio.run(_score(RolloutOutcome(finished=True, steps=2, diff=DIFF)))
+
+
+def test_skipped_gradings_are_counted_in_the_step_metrics() -> None:
+    step = StepResults(step=0, groups=1, rollouts_per_group=3)
+    for index, skipped in enumerate([True, True, False]):
+        metrics = {"finished": not skipped, "grading_skipped": True} if skipped else {}
+        trajectory = WireTrajectory(messages_and_choices=[], reward=0.0, metrics=metrics)
+        result = RolloutResult(
+            run_id="r", job_id="j0", rollout_id=f"j0-r{index}", step=0, group_index=0,
+            rollout_index=index, instance_id="calc", policy_step=0, status="ok",
+            trajectory=trajectory, enqueued_at=0.0, started_at=0.0, finished_at=1.0,
+        )  # fmt: skip
+        step.add(f"0-{index}", result)
+    metrics = step_metrics(
+        step, Counter(), wait_s=1.0, train_s=1.0, requeued_jobs=0, stale_results=0,
+        dead_letters=0, queue_depth=0,
+    )  # fmt: skip
+    assert metrics["pipeline/gradings_skipped"] == 2.0
