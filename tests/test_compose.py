@@ -108,7 +108,7 @@ def test_compose_runs_training_with_scaled_workers_and_survives_a_stopped_worker
     runner, env = compose
     runner("up", "-d", "--scale", "rollout-worker=3")
     redis = Redis(host="127.0.0.1", port=int(env["REDIS_PORT"]), password=env["REDIS_PASSWORD"])
-    art = Path(env["TEST_ART_DIR"]) / "rlm-training" / "models" / "r2e-rlm-qwen3-14b"
+    art = Path(env["TEST_ART_DIR"]) / "rlm-training" / "models" / "r2e-rlm-qwen3-14b-default"
 
     wait_for(lambda: len(Worker.all(connection=redis)) == 3, 60, "three workers registered")
     for service in ("redis", "rq-dashboard", "rollout-worker", "trainer"):
