@@ -99,3 +99,61 @@ def test_skipped_gradings_are_counted_in_the_step_metrics() -> None:
         dead_letters=0, queue_depth=0,
     )  # fmt: skip
     assert metrics["pipeline/gradings_skipped"] == 2.0
+
+
+def test_grade_unfinished_travels_with_the_job() -> None:
+    from types import SimpleNamespace
+
+    from common.config import ExperimentConfig
+    from producer import Task
+    from trainer.loop import StepRunner
+
+    if "grade_unfinished" not in RolloutJob.model_fields:
+        pytest.skip(
+            "common/wire.py's RolloutJob has no grade_unfinished field yet: the trainer refuses "
+            "--grade-unfinished at start"
+        )
+    job = _job()
+    task = Task(scenario=job.scenario, grading=job.grading)
+    for flag in (False, True):
+        runner = SimpleNamespace(
+            config=ExperimentConfig(grade_unfinished=flag), run_key="r",
+            services=SimpleNamespace(grader_url=None),
+        )  # fmt: skip
+        built = StepRunner._job(runner, 0, 0, task, job.policy)  # type: ignore[arg-type]
+        assert built.grade_unfinished is flag
+
+
+@pytest.mark.docker
+@pytest.mark.integration
+def test_no_grading_container_for_unfinished_rollouts(
+    fixture_tasks, repo_cache, redis_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real grader beside the trainer, an agent that never calls finish(): every rollout
+    scores 0, none is graded, and the step counts them."""
+    from common.config import ExperimentConfig, parse_config
+    from common.grading import TOKEN_ENV
+    from tests.conftest import history, train_calls, trainer_args
+    from tests.fakes.scripted_llm import ScriptedLLM
+    from trainer.loop import run_training
+
+    dataset, tasks = fixture_tasks
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    art_path = tmp_path / "art"
+    never_finishes = lambda messages, rng: "Looking around.\n```python\nprint(1)\n```"  # noqa: E731
+    with ScriptedLLM(script=never_finishes) as llm:
+        args = trainer_args(
+            redis_url, llm.url, dataset, art_path,
+            grader="docker", reward_fn="common.rewards:binary_test_reward",
+            local_grader=True, cache_dir=str(repo_cache), local_workers=1,
+            dataset_size=1, groups_per_step=1, rollouts_per_group=2, max_concurrent=2,
+            max_steps=2,
+        )  # fmt: skip
+        asyncio.run(run_training(parse_config(args, ExperimentConfig, "t")))
+
+    [call] = train_calls(art_path)
+    [group] = call["groups"]
+    assert group["rewards"] == [0.0, 0.0]
+    for metrics in group["metrics"]:
+        assert metrics["grading_skipped"] is True and "grading_s" not in metrics
+    assert history(art_path)[-1]["pipeline/gradings_skipped"] == 2
