@@ -23,7 +23,7 @@ from tests.fakes.scripted_llm import ScriptedLLM
 from trainer.backend import TRAIN_PARAMS, train_kwargs
 from trainer.loop import _write_resolved_config, run_training
 from trainer.observability import WandbLogger
-from trainer.state import PipelineState, check_resume
+from trainer.state import PipelineState, check_resume, fresh_state
 
 # LocalBackend.train's keyword parameters that are deliberately not flags (see trainer/backend.py)
 NOT_EXPOSED = {"loss_fn_config", "adam_params", "save_checkpoint", "verbose"}
@@ -205,3 +205,15 @@ def test_online_w_b_runs_are_grouped_by_model_and_hold_the_config(
     run_config = model._wandb_config  # what ART passes to wandb.init(id=model.name, ...)
     assert run_config == {**config.redacted_dump(), "config_hash": config.config_hash}
     assert model.name == "r2e-rlm-qwen3-14b-cot_v1"
+
+
+def test_a_run_in_the_shared_layout_is_never_silently_restarted(tmp_path: Path) -> None:
+    config = ExperimentConfig(art_path=str(tmp_path), experiment_name="cot_v1")
+    legacy = config.model_dir.parent / "r2e-rlm-qwen3-14b"  # where every experiment used to go
+    legacy.mkdir(parents=True)
+    (legacy / "state.json").write_text(json.dumps({"rlm_pipeline": {"run_key": "k"}}))
+    (legacy / "pipeline_config.json").write_text(json.dumps({"experiment_name": "cot_v1"}))
+    with pytest.raises(ConfigError, match=f"`mv {legacy} {config.model_dir}` to resume it"):
+        fresh_state(config, 0)
+    other = config.model_copy(update={"experiment_name": "baseline"})
+    assert fresh_state(other, 0).last_completed_step == -1  # another experiment: a fresh run

@@ -75,7 +75,10 @@ class PipelineState:
 
 def fresh_state(config: ExperimentConfig, model_step: int) -> PipelineState:
     """The state of a run starting from scratch. Checkpoints already in the model directory
-    (its state.json deleted, say) are where the weights start: said loudly, with the fix."""
+    (its state.json deleted, say) are where the weights start: said loudly, with the fix. A run
+    of this experiment in the layout before experiments were separate is never silently
+    restarted: the error says how to move it."""
+    check_legacy_layout(config)
     if model_step > 0:
         log.warning(
             "no resume state in %s but checkpoints up to step %d: the new run starts from those "
@@ -84,6 +87,23 @@ def fresh_state(config: ExperimentConfig, model_step: int) -> PipelineState:
             config.model_dir, model_step,
         )  # fmt: skip
     return PipelineState.fresh(config.run_id, model_step, config)
+
+
+def check_legacy_layout(config: ExperimentConfig) -> None:
+    """Refuse a fresh start while this experiment's run sits in `models/<model_name>` (the
+    directory every experiment shared before each got `<model_name>-<experiment_name>`)."""
+    legacy = config.model_dir.parent / config.model_name
+    try:
+        state = json.loads((legacy / "state.json").read_text()).get(STATE_KEY)
+        written = json.loads((legacy / "pipeline_config.json").read_text())
+    except (OSError, ValueError, AttributeError):
+        return
+    if state and written.get("experiment_name") == config.experiment_name:
+        raise ConfigError(
+            f"experiment {config.experiment_name!r} has a run in {legacy} (the layout before "
+            f"experiments were separate): `mv {legacy} {config.model_dir}` to resume it, or "
+            "delete it to start afresh"
+        )
 
 
 def check_resume(state: PipelineState, config: ExperimentConfig, previous_config: Path) -> None:
