@@ -1,14 +1,24 @@
 """Shared fixtures: a private Redis per test session (emptied for every test), the scripted LLM,
-a toy dataset, and helpers that start workers and trainers as real processes."""
+a toy dataset, and helpers that start workers and trainers as real processes.
+
+Every test runs with a clean environment (no W&B variables from the shell, nothing a test or the
+code under test set in-process leaks into the next) and, where torch is installed, with the
+recording backend judging trainability through ART's tokenizer. The session's temporary files
+all go to one directory (TMPDIR, inherited by every process the tests start); what is left there
+at the end is listed (and fails the run under RLM_FAIL_ON_LEFTOVERS=1), then removed unless a
+test failed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +32,60 @@ os.environ.setdefault(
 )  # litellm (via art): no network on import
 
 from tests.dataset import write_r2e_jsonl
+from tests.fakes.recording_backend import TOKENIZE_ENV
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.tokenizer import REQUIRE_TORCH_ENV
 from trainer.services import free_port, start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+FAIL_ON_LEFTOVERS_ENV = "RLM_FAIL_ON_LEFTOVERS"  # CI: temporary files a run leaves fail it
+
+# One temporary directory for the whole session, for this process and every one it starts.
+# World-writable and sticky like /tmp: sandboxes run as uids of their own.
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="rlm-tests-"))
+SESSION_TMP.chmod(0o1777)
+os.environ["TMPDIR"] = str(SESSION_TMP)
+tempfile.tempdir = str(SESSION_TMP)
+_REMOVE_AFTER_TEST: list[Path] = []
+
+
+def remove_after_test(path: Path) -> Path:
+    """`path` (a directory a helper made) is removed when the current test ends."""
+    _REMOVE_AFTER_TEST.append(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)  # an API key from the shell would send test runs online
+    if importlib.util.find_spec("torch") or os.environ.get(REQUIRE_TORCH_ENV) == "1":
+        monkeypatch.setenv(TOKENIZE_ENV, "1")
+    yield
+    os.environ.clear()  # what the code under test set in-process (WANDB_MODE...) goes too
+    os.environ.update(saved)
+    while _REMOVE_AFTER_TEST:
+        shutil.rmtree(_REMOVE_AFTER_TEST.pop(), ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    basetemp = session.config._tmp_path_factory.getbasetemp() if _has_basetemp(session) else None
+    left = sorted(p.name for p in SESSION_TMP.iterdir() if basetemp is None or p != basetemp.parent)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"{len(left)} temporary files left by the tests in {SESSION_TMP}: {left[:20]}"
+        if reporter is not None:
+            reporter.write_line(f"WARNING: {message}", yellow=True)
+        if os.environ.get(FAIL_ON_LEFTOVERS_ENV) == "1" and exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if exitstatus == 0:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
+def _has_basetemp(session: pytest.Session) -> bool:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    return factory is not None and factory._basetemp is not None
 
 
 def wait_for(

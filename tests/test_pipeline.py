@@ -138,8 +138,22 @@ class _OneThinksLonger:
         return FINISH
 
 
-def _second_turn(messages: list[dict]) -> bool:
-    return any(m.get("role") == "assistant" for m in messages)
+def _second_turn(body: dict) -> bool:
+    return any(m.get("role") == "assistant" for m in body["messages"])
+
+
+class _HoldOneGroupOfStep:
+    """Holds every request of the first group (task) of `step` the LLM sees."""
+
+    def __init__(self, step: int) -> None:
+        self.suffix, self.task = f"@{step}", None
+
+    def __call__(self, body: dict) -> bool:
+        if not str(body.get("model", "")).endswith(self.suffix):
+            return False
+        task = str(body["messages"][1]["content"])
+        self.task = self.task or task
+        return task == self.task
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -184,19 +198,19 @@ def test_trainer_killed_mid_step_resumes(
 ) -> None:
     art_path = tmp_path / "art"
     redis = Redis.from_url(redis_url)
-    with ScriptedLLM(delay_s=0.1) as llm:
+    with ScriptedLLM(hold_when=_HoldOneGroupOfStep(1)) as llm:
         for name in ("a", "b"):
             processes.worker(redis_url, name)
         args = trainer_args(redis_url, llm.url, dataset, art_path)
         first = processes.trainer(args)
         stream = results_stream(art_path)
-        wait_for(
-            lambda: (pipeline_state(art_path) or {}).get("last_completed_step") == 0, 60, "step 0"
-        )
-        # Kill it once step 1 has finished rollouts in the stream but before it trains.
-        wait_for(lambda: posted(redis, stream) > GROUPS * ROLLOUTS, 60, "step 1 results")
+        # Kill it once one group of step 1 has its rollouts in the stream while the other is
+        # held mid-request by the LLM: it cannot have trained step 1.
+        assert llm.wait_held(ROLLOUTS, 60), processes.logs()
+        wait_for(lambda: posted(redis, stream) == (GROUPS + 1) * ROLLOUTS, 60, "step 1 results")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+        llm.release()
         assert len(train_calls(art_path)) == 1
         second = processes.trainer(args)
         assert second.wait(120) == 0, processes.logs()

@@ -66,6 +66,16 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTrained
     )
 
 
+def default_corpus() -> list[str]:
+    """Text like the pipeline tests': the scripted agents' turns, prompts and REPL output."""
+    from common.prompts import r2e_system_prompt
+    from tests.fakes import agent_scripts, scripted_llm
+
+    turns = [scripted_llm.EXPLORE, scripted_llm.FINISH, scripted_llm.WANDER, scripted_llm.THINK]
+    turns += list(agent_scripts.HOSTILE_TURNS)
+    return (turns + [r2e_system_prompt(), "Output:\n['README.md', 'calc', 'tests']"]) * 3
+
+
 def encoder(tokenizer: PreTrainedTokenizerFast) -> Callable[[str], list[int]]:
     """text -> token ids as the model would have generated them (no special tokens)."""
 

@@ -1,15 +1,18 @@
 """Scripted agent sessions for the fixture tasks: read the file, edit it, finish.
 
-Rollouts of one group send identical first requests, so the script numbers conversations as they
-start and alternates: even ones apply the right fix, odd ones a wrong one. Later turns find their
-plan again in the assistant's own earlier message.
+Rollouts of one group send identical first requests (one scenario each), so the script numbers
+the conversations of each task apart as they start and alternates: per task, even ones apply the
+right fix, odd ones a wrong one. Groups running at once count separately, so a group of 2k
+rollouts always gets k of each (`rewards == [0, 0, 1, 1]` whatever the interleaving). Later turns
+find their plan again in the assistant's own earlier message.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
 import random
 import re
+import threading
 from typing import Any
 
 # task (recognised in the problem statement) -> (file, right fix, wrong fix) as (old, new) pairs
@@ -30,14 +33,22 @@ FIXES = {
 
 class FixingAgent:
     def __init__(self) -> None:
-        self._conversations = itertools.count()
+        self._started: collections.Counter[str] = collections.Counter()  # per task text
+        self._lock = threading.Lock()
+
+    def plan_for(self, task_text: str) -> str:
+        """The next conversation's plan for this task: A, B, A, B, ..."""
+        with self._lock:
+            number = self._started[task_text]
+            self._started[task_text] += 1
+        return "A" if number % 2 == 0 else "B"
 
     def __call__(self, messages: list[dict[str, Any]], rng: random.Random) -> str:
         task = next(key for key in FIXES if key in str(messages[1]["content"]))
         path, right, wrong = FIXES[task]
         turns = [m for m in messages if m.get("role") == "assistant"]
         if not turns:
-            plan = "A" if next(self._conversations) % 2 == 0 else "B"
+            plan = self.plan_for(str(messages[1]["content"]))
             return (
                 f"Plan {plan}: read the code first.\n```python\nprint(open({path!r}).read())\n```"
             )

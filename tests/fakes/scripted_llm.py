@@ -5,10 +5,20 @@ Responses look like ART's vLLM: `choices[0]` with `logprobs.content` whose token
 default agent session: look around, then either call finish() or keep talking. Run it alone with
 `python -m tests.fakes.scripted_llm --port 8001`.
 
+Like vLLM's OpenAI server it answers `logprobs` only when the request asks (`logprobs: true`,
+`top_logprobs: n`; else `"logprobs": null`), cuts the completion at `max_tokens` /
+`max_completion_tokens` (`finish_reason: "length"`), returns `token_ids` only for
+`return_token_ids: true`, answers errors in vLLM's `ErrorResponse` shape
+(`{"error": {"message", "type", "param", "code"}}`), and speaks HTTP/1.1 with keep-alive.
+With `serves` (a predicate on the model name) an unknown `name@step` gets vLLM's 404.
+
 Faults for the fault suite: `inject(kind, times)` makes the next requests answer with vLLM's
-`finish_reason: "abort"`, no logprobs, invalid JSON, an HTTP 500, or hang until `release()`;
-`hold(n)` holds the next n requests until `release()`, so a test can act while a rollout is
-provably mid-request (`wait_held(n)`), never sleeping to synchronise.
+`finish_reason: "abort"`, no logprobs, invalid JSON, an HTTP 500, `content: null`, a Qwen3
+`<think>` block before the text, vLLM's 400 context-length error, a dropped connection, or hang
+until `release()`; `refuse()` closes the listening socket (connections are refused from then on).
+`hold(n)` holds the next n requests (`hold_when(body)`: the requests it accepts) until
+`release()`, so a test can act while a rollout is provably mid-request (`wait_held(n)`), never
+sleeping to synchronise.
 
 For exactness checks: `record=True` keeps every request's messages with the choice it got
 (`exchanges`), and `encode` (text -> token ids, e.g. a test tokenizer's) replaces the default
@@ -22,6 +32,7 @@ import argparse
 import collections
 import json
 import random
+import re
 import threading
 import time
 import zlib
@@ -31,7 +42,12 @@ from typing import Any
 
 EXPLORE = "Let me look around first.\n```python\nimport os\nprint(sorted(os.listdir('.')))\n```"
 FINISH = "The fix is in place.\n```python\nfinish()\n```"
-FAULTS = ("abort", "no_logprobs", "bad_json", "http_500", "hang")
+FAULTS = (
+    "abort", "no_logprobs", "bad_json", "http_500", "hang", "null_content", "think",
+    "context_overflow", "drop",
+)  # fmt: skip
+THINK = "<think>\nThe user wants a fix. Let me look at the code first.\n</think>\n\n"
+DROP = b""  # payload sentinel: close the connection without answering
 WANDER = "I am not sure yet; let me think about the problem statement again."
 
 
@@ -52,27 +68,47 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512  # many rollouts connect at once
 
 
+def error_body(message: str, err_type: str, code: int) -> dict[str, Any]:
+    """vLLM's ErrorResponse (`vllm/entrypoints/openai/protocol.py`: ErrorInfo under `error`)."""
+    return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+
+
+CONTEXT_OVERFLOW = error_body(
+    "This model's maximum context length is 4096 tokens. However, your request has 5000 input "
+    "tokens. Please reduce the length of the input messages.",
+    "BadRequestError",
+    400,
+)
+
+
 class ScriptedLLM:
     """Threaded HTTP server; `with ScriptedLLM() as llm: llm.url`."""
 
     def __init__(
         self,
         port: int = 0,
-        script=default_script,
+        script: Callable[[list[dict[str, Any]], random.Random], str] = default_script,
         delay_s: float = 0.0,
         fail_when: str | None = None,
         seed: int = 0,
         record: bool = False,
         encode: Callable[[str], list[int]] | None = None,
+        decode: Callable[[list[int]], str] | None = None,
         overflow_when: Callable[[list[dict[str, Any]]], bool] | None = None,
+        serves: Callable[[str], bool] | None = None,
+        hold_when: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.script = script
         self.delay_s = delay_s
         self.fail_when = fail_when  # prompts containing this text get HTTP 503
         # Requests whose messages it accepts get vLLM's 400 "maximum context length" error.
         self.overflow_when = overflow_when
+        self.serves = serves  # model names it serves (vLLM: base model + LoRA name@step)
+        self.hold_when = hold_when  # requests (bodies) it accepts are held until release()
         self.rng = random.Random(seed)
         self.requests = 0
+        self.connections = 0  # TCP connections accepted (keep-alive: fewer than requests)
+        self.bodies: list[dict[str, Any]] = []  # every request body, in arrival order
         self.models_seen: set[str] = set()
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[str] = collections.deque()
@@ -81,14 +117,15 @@ class ScriptedLLM:
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._held_changed = threading.Condition(self._lock)
-        self.record, self.encode = record, encode
+        self.record, self.encode, self.decode = record, encode, decode
         self.exchanges: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []  # with record
         self._server = _Server(("127.0.0.1", port), self._handler())
+        self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._port}/v1"
 
     def __enter__(self) -> ScriptedLLM:
         self._thread.start()
@@ -96,7 +133,13 @@ class ScriptedLLM:
 
     def __exit__(self, *exc: object) -> None:
         self._released.set()
-        self._server.shutdown()
+        self.refuse()
+
+    def refuse(self) -> None:
+        """Stop listening: every new connection is refused from now on (the port stays taken by
+        no one, so a worker sees ECONNREFUSED as from a dead vLLM)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def inject(self, kind: str, times: int = 1) -> None:
@@ -124,14 +167,18 @@ class ScriptedLLM:
 
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | bytes]:
         messages = body.get("messages") or []
+        model = str(body.get("model", ""))
         with self._lock:
             self.requests += 1
-            self.models_seen.add(body.get("model", ""))
+            self.bodies.append(body)
+            self.models_seen.add(model)
             text = self.script(messages, self.rng)
             fault = self._faults.popleft() if self._faults else None
-            hold = fault == "hang" or (self._to_hold > 0 and not self._released.is_set())
-            if self._to_hold > 0 and fault != "hang":
+            by_count = self._to_hold > 0 and fault != "hang"
+            if by_count:
                 self._to_hold -= 1
+            by_predicate = self.hold_when is not None and self.hold_when(body)
+            hold = fault == "hang" or (not self._released.is_set() and (by_count or by_predicate))
             if hold:
                 self.held += 1
                 self._held_changed.notify_all()
@@ -139,51 +186,77 @@ class ScriptedLLM:
                 self.faults_served[fault] += 1
         if hold:
             self._released.wait(120)
-        if self.overflow_when is not None and self.overflow_when(messages):
-            return 400, {
-                "object": "error",
-                "message": "This model's maximum context length is 4096 tokens. However, you "
-                "requested 5000 tokens. Please reduce the length of the messages or completion.",
-                "type": "BadRequestError",
-                "code": 400,
-            }
+        if self.serves is not None and not self.serves(model):
+            return 404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)
+        if fault == "context_overflow" or (
+            self.overflow_when is not None and self.overflow_when(messages)
+        ):
+            return 400, CONTEXT_OVERFLOW
         if self.fail_when and any(self.fail_when in str(m.get("content")) for m in messages):
-            return 503, {"error": {"message": "scripted outage", "type": "server_error"}}
+            return 503, error_body("scripted outage", "ServiceUnavailableError", 503)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if fault == "think":
+            text = THINK + text
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
-        answer = completion(body.get("model", ""), text, prompt_tokens, self.encode)
+        answer = completion(
+            model, text, prompt_tokens, self.encode,
+            logprobs=bool(body.get("logprobs")),
+            top_logprobs=int(body.get("top_logprobs") or 0),
+            max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+            return_token_ids=bool(body.get("return_token_ids")),
+            decode=self.decode,
+        )  # fmt: skip
         if self.record:
             with self._lock:
                 self.exchanges.append((messages, answer["choices"][0]))
         if fault == "http_500":
-            return 500, {"error": {"message": "scripted 500", "type": "server_error"}}
+            return 500, error_body("scripted 500", "InternalServerError", 500)
         if fault == "bad_json":
             return 200, b'{"choices": [{"index": 0, "message": '
+        if fault == "drop":
+            return 200, DROP
         if fault == "abort":
             answer["choices"][0]["finish_reason"] = "abort"
         if fault == "no_logprobs":
             answer["choices"][0]["logprobs"] = None
+        if fault == "null_content":
+            answer["choices"][0]["message"]["content"] = None
         return 200, answer
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's uvicorn
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer.connections += 1
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
-                    return
                 length = int(self.headers.get("Content-Length", 0))
-                status, payload = outer.respond(json.loads(self.rfile.read(length)))
+                raw = self.rfile.read(length)
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, error_body(f"no route {self.path}", "NotFoundError", 404))
+                    return
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    self._send(400, error_body(f"invalid JSON: {exc}", "BadRequestError", 400))
+                    return
+                status, payload = outer.respond(body)
                 self._send(status, payload)
 
             def do_GET(self) -> None:  # noqa: N802
-                self._send(
-                    200, {"object": "list", "data": [{"id": m} for m in sorted(outer.models_seen)]}
-                )
+                models = [{"id": m, "object": "model"} for m in sorted(outer.models_seen)]
+                self._send(200, {"object": "list", "data": models})
 
             def _send(self, status: int, payload: dict[str, Any] | bytes) -> None:
+                if payload is DROP:
+                    self.close_connection = True  # no answer at all: the peer sees EOF
+                    return
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -192,7 +265,7 @@ class ScriptedLLM:
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:
-                    pass  # the client gave up (a hang past its timeout)
+                    self.close_connection = True  # the client gave up (a hang past its timeout)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -200,44 +273,77 @@ class ScriptedLLM:
         return Handler
 
 
+def split_text(text: str) -> list[str]:
+    """Hashed tokens: pieces whose concatenation is exactly `text` (a word with its spaces)."""
+    return re.findall(r"\s*\S+|\s+", text) or [""]
+
+
 def completion(
-    model: str, text: str, prompt_tokens: int, encode: Callable[[str], list[int]] | None = None
+    model: str,
+    text: str,
+    prompt_tokens: int,
+    encode: Callable[[str], list[int]] | None = None,
+    *,
+    logprobs: bool = True,
+    top_logprobs: int = 0,
+    max_tokens: int | None = None,
+    return_token_ids: bool = False,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> dict[str, Any]:
-    """A chat completion as ART's vLLM returns it: token_id tokens with logprobs."""
-    pieces = [p for p in text.replace("\n", " \n ").split(" ") if p] or [""]
+    """A chat completion as ART's vLLM returns it (`--return-tokens-as-token-ids`): with
+    `logprobs`, one `token_id:N` entry per generated token; cut at `max_tokens` ("length")."""
+    pieces = split_text(text)
     token_ids = [zlib.crc32(p.encode()) % 150_000 for p in pieces]
     if encode is not None:
         token_ids = encode(text)
         pieces = [""] * len(token_ids)  # bytes unknown: ART reads them only for <think>
-    logprobs = [
+    finish_reason = "stop"
+    if max_tokens is not None and len(token_ids) > int(max_tokens):
+        finish_reason, token_ids, pieces = "length", token_ids[:max_tokens], pieces[:max_tokens]
+        if encode is None:
+            text = "".join(pieces)
+        elif decode is None:
+            raise ValueError("max_tokens cut an encoded completion: pass decode= too")
+        else:
+            text = decode(token_ids)
+    entries = [
         {
             "token": f"token_id:{t}",
             "logprob": -0.05 * (i % 7),
             "bytes": list(p.encode()),
-            "top_logprobs": [],
+            "top_logprobs": [
+                {"token": f"token_id:{t + k}", "logprob": -0.05 * (i % 7) - k, "bytes": []}
+                for k in range(top_logprobs)
+            ],
         }
         for i, (t, p) in enumerate(zip(token_ids, pieces, strict=True))
     ]
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {
+            "role": "assistant", "content": text, "refusal": None, "annotations": None,
+            "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None,
+        },
+        "logprobs": {"content": entries} if logprobs else None,
+        "finish_reason": finish_reason,
+        "stop_reason": None,
+    }  # fmt: skip
+    if return_token_ids:
+        choice["token_ids"] = token_ids
     return {
         "id": f"chatcmpl-{zlib.crc32(text.encode()):x}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": None},
-                "logprobs": {"content": logprobs},
-                "finish_reason": "stop",
-                "stop_reason": None,
-                "token_ids": token_ids,
-            }
-        ],
+        "choices": [choice],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(token_ids),
             "total_tokens": prompt_tokens + len(token_ids),
+            "prompt_tokens_details": None,
         },
+        "prompt_logprobs": None,
+        "kv_transfer_params": None,
     }
 
 
