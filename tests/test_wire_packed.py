@@ -220,6 +220,29 @@ def test_damaged_packed_choices_are_quarantined(damage: Any, error: str) -> None
     assert problem is not None and error in problem
 
 
+def test_large_bodies_travel_compressed_and_damage_is_a_wire_error() -> None:
+    words = " ".join(["def f(x):\n    return x + 1\n"] * 3000)
+    item = WireItem(kind="message", data={"role": "user", "content": words})
+    result = RolloutResult(
+        run_id="r", job_id="j", rollout_id="j-r0", step=0, group_index=0, rollout_index=0,
+        instance_id="i", policy_step=0, status="ok",
+        trajectory=WireTrajectory(
+            messages_and_choices=[item],
+            reward=1.0,
+        ),
+        enqueued_at=0.0, started_at=0.0, finished_at=0.0,
+    )  # fmt: skip
+    data = encode(result)
+    envelope = msgpack.unpackb(data)
+    assert set(envelope) == {"v", "type", "zbody"} and len(data) < len(words) / 5
+    assert decode(data, RolloutResult) == result
+    broken = msgpack.packb(envelope | {"zbody": envelope["zbody"][:-9]})
+    with pytest.raises(WireError, match="does not inflate"):
+        decode(broken, RolloutResult)
+    with pytest.raises(WireError, match="version 3"):
+        decode(msgpack.packb(envelope | {"v": 2}), RolloutResult)
+
+
 def test_unknown_versions_are_refused() -> None:
     with pytest.raises(WireError, match="schema version 4"):
         decode(msgpack.packb({"v": 4, "type": "rollout_result", "body": {}}), RolloutResult)

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from common import keys
 from common.errors import WireError
+from common.packed import freeze_heap
 from common.wire import RolloutResult, WireTrajectory, decode
 from trainer.trajectories import to_art_trajectory
 
@@ -58,6 +59,7 @@ class ResultCollector:
         self.dead_letters = 0
         self._backlog_cursor: str | None = "0"  # None once our unacknowledged backlog is read
         self._create_group()
+        freeze_heap()  # the trainer's imports out of the cycle collector's way (common.packed)
 
     def _create_group(self) -> None:
         try:
