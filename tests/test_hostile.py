@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import socket
@@ -25,7 +26,16 @@ from tests.test_rollout import _workdir
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 
-def hostile_session(blocks: list[tuple[str, float]]) -> tuple[list, Repl, Path]:
+_CHILDREN_BEFORE: dict[int, set[int]] = {}  # id(repl) -> this process's descendants before
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def hostile_session(
+    blocks: list[tuple[str, float]], limits: SandboxLimits | None = None
+) -> tuple[list, Repl, Path]:
     import asyncio
 
     workdir = _workdir()
@@ -33,7 +43,8 @@ def hostile_session(blocks: list[tuple[str, float]]) -> tuple[list, Repl, Path]:
     async def answer(prompt: str) -> str:
         return ""
 
-    repl = Repl(workdir, answer)
+    repl = Repl(workdir, answer, limits)
+    _CHILDREN_BEFORE[id(repl)] = _descendants()
 
     async def session() -> list:
         await repl.start()
@@ -52,10 +63,15 @@ def sandbox_processes(uid: int | None) -> list[psutil.Process]:
 
 
 def assert_clean(repl: Repl) -> None:
+    """No process of the sandbox is left: none runs as its uid (root workers), and none of this
+    process's descendants (every worker) is new since the session started."""
+    assert repl.uid is not None or os.geteuid() != 0, "a root worker gives each sandbox a uid"
     left = []
-    for process in sandbox_processes(repl.uid):
+    new = [psutil.Process(pid) for pid in _descendants() - _CHILDREN_BEFORE.pop(id(repl))]
+    for process in [*sandbox_processes(repl.uid), *new]:
         with contextlib.suppress(psutil.NoSuchProcess):  # gone meanwhile: not left over
-            left.append((process.pid, process.status(), process.ppid(), process.name()))
+            if process.status() != psutil.STATUS_ZOMBIE:
+                left.append((process.pid, process.status(), process.ppid(), process.name()))
     assert left == [], f"sandbox processes outlived the REPL (pid, status, parent, name): {left}"
 
 
@@ -95,17 +111,29 @@ def test_host_files_are_out_of_reach(tmp_path: Path) -> None:
     code = (
         f"for path in ['/etc/shadow', '/etc/passwd', {str(secret)!r}, '/r2e_tests', '/root']:\n"
         "    try:\n        open(path).read()\n        print('READ', path)\n"
-        "    except OSError as e:\n        print('denied', type(e).__name__)\n"
+        "    except OSError as e:\n        print('denied', path)\n"
         f"for path in ['/usr/evil.txt', {str(tmp_path / 'planted.txt')!r}, '../escape.txt']:\n"
         "    try:\n        open(path, 'w').write('x')\n        print('WROTE', path)\n"
-        "    except OSError as e:\n        print('denied', type(e).__name__)\n"
+        "    except OSError as e:\n        print('denied', path)\n"
     )
     results, repl, workdir = hostile_session(
         [(code, 20), (f"open({marker!r}, 'w').write('x')", 20)]
     )
     output = results[0].output
+    lines = output.strip().splitlines()
     assert "READ" not in output
-    assert output.count("denied") == 7 or "WROTE ../escape.txt" in output
+    # Every host path is refused; '../escape.txt' may be written inside the sandbox (its '/'
+    # is a private mount), never next to the working copy on the host.
+    assert [line for line in lines if line.startswith("denied")] == [
+        "denied /etc/shadow",
+        "denied /etc/passwd",
+        f"denied {secret}",
+        "denied /r2e_tests",
+        "denied /root",
+        "denied /usr/evil.txt",
+        f"denied {tmp_path / 'planted.txt'}",
+    ] + (["denied ../escape.txt"] if "WROTE ../escape.txt" not in output else []), output
+    assert not (workdir.parent / "escape.txt").exists()
     assert "WROTE /usr" not in output
     assert not (tmp_path / "planted.txt").exists()
     assert not Path(marker).exists()  # the sandbox's /tmp is its own
@@ -113,11 +141,44 @@ def test_host_files_are_out_of_reach(tmp_path: Path) -> None:
     assert_clean(repl)
 
 
+FORK_PROBE = """
+import os, signal, time
+pids = []
+try:
+    while len(pids) < 1000:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        pids.append(pid)
+    print('uncapped', len(pids))
+except OSError as e:
+    print('capped', len(pids), e.errno)
+finally:
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+"""
+
+
+def test_processes_are_capped() -> None:
+    results, repl, _ = hostile_session([(FORK_PROBE, 30), ("print('alive')", 20)])
+    words = results[0].output.split()
+    assert words[0] == "capped" and int(words[2]) == errno.EAGAIN, results[0].output
+    # The cap counts the sandbox's own processes (its uid): the REPL and its helpers first.
+    assert 0 < int(words[1]) < SandboxLimits().max_processes
+    assert results[1].output.strip() == "alive"
+    assert_clean(repl)
+
+
 def test_fork_bomb_is_capped_and_cleaned_up() -> None:
     bomb = "import os\nwhile True:\n    os.fork()"
     results, repl, _ = hostile_session([(bomb, 10), ("print('alive')", 20)])
     first = results[0]
-    assert "BlockingIOError" in first.output or first.restarted or first.timed_out, first
+    # Capped: a fork fails (the REPL sees it, or is replaced when the bomb's children take
+    # it down); an uncapped bomb would run to the step's time limit.
+    assert not first.timed_out, first
+    assert "BlockingIOError" in first.output or first.restarted, first
     assert results[1].output.strip() == "alive"
     assert_clean(repl)
 
@@ -140,17 +201,46 @@ def test_endless_loop_that_swallows_interrupts_gets_a_fresh_repl() -> None:
     assert_clean(repl)
 
 
+WORKER = """
+import asyncio, json, sys
+from pathlib import Path
+from rollout_workers.repl import Repl
+
+async def answer(prompt):
+    return ""
+
+async def main():
+    repl = Repl(Path(sys.argv[1]), answer)
+    await repl.start()
+    try:
+        results = [await repl.execute(code, timeout) for code, timeout in json.loads(sys.argv[2])]
+    finally:
+        await repl.close()
+    print(json.dumps([[r.output, r.restarted] for r in results]))
+
+asyncio.run(main())
+"""
+
+
+def run_in_a_worker(blocks: list[tuple[str, float]]) -> subprocess.CompletedProcess:
+    """A REPL session in a process of its own, as a worker runs it."""
+    return subprocess.run(
+        [sys.executable, "-c", WORKER, str(_workdir()), json.dumps(blocks)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_killing_its_parent_or_its_group_leaves_the_worker_alive() -> None:
     blocks = [
         ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('still here')", 20),
         ("import os, signal\nos.killpg(0, signal.SIGKILL)", 20),
         ("print('alive')", 20),
     ]
-    results, repl, _ = hostile_session(blocks)
-    assert psutil.Process().is_running()  # this process ran the REPL, as a worker does
-    assert results[1].restarted
-    assert results[2].output.strip() == "alive"
-    assert_clean(repl)
+    worker = run_in_a_worker(blocks)
+    assert worker.returncode == 0, worker.stderr[-2000:]  # the worker lived to report
+    results = json.loads(worker.stdout.splitlines()[-1])
+    assert results[1][1], "the REPL that killed its own group was replaced"
+    assert results[2][0].strip() == "alive"
 
 
 def test_dev_cannot_hold_the_hosts_ram() -> None:

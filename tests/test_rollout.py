@@ -20,6 +20,7 @@ from rollout_workers.repl import RESTART_NOTICE, Repl
 from rollout_workers.rollout import RolloutOutcome
 from rollout_workers.text import extract_code_blocks, truncate_middle
 from rollout_workers.workdir import diff_against
+from tests.conftest import remove_after_test
 from tests.fakes.scripted_llm import ScriptedLLM
 
 
@@ -37,7 +38,7 @@ def test_truncation_keeps_head_and_tail() -> None:
 
 
 def _workdir() -> Path:
-    workdir = Path(tempfile.mkdtemp(prefix="rlm-rollout-test-")) / "repo"
+    workdir = remove_after_test(Path(tempfile.mkdtemp(prefix="rlm-rollout-test-"))) / "repo"
     workdir.mkdir()
     (workdir / "pkg").mkdir()
     (workdir / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
@@ -178,7 +179,7 @@ NAMESPACE_ERROR = (
 def fake_bwrap(monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
     """A real `bwrap` executable first on PATH. Its directory is world-readable and writable:
     the sandbox's uid execs it (and may leave marks in it)."""
-    directory = Path(tempfile.mkdtemp(prefix="rlm-fake-bwrap-"))
+    directory = remove_after_test(Path(tempfile.mkdtemp(prefix="rlm-fake-bwrap-")))
     directory.chmod(0o777)
     executable = directory / "bwrap"
     executable.write_text(f"#!/bin/sh\n{script.format(dir=directory)}\n")
