@@ -89,7 +89,21 @@ def test_help_lists_every_flag_with_its_default() -> None:
     for name in ExperimentConfig.model_fields:
         assert "--" + name.replace("_", "-") in result.stdout
     assert "(default: r2e-rlm-qwen3-14b)" in result.stdout
-    assert "import art" not in result.stderr
+
+
+def test_help_imports_neither_art_nor_torch() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "trainer", "--help"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "trainer" in imported and "common.config" in imported  # the probe sees imports
+    heavy = {m for m in imported if m.split(".")[0] in {"art", "torch", "wandb", "datasets"}}
+    assert heavy == set()
 
 
 def test_config_hash_is_stable_and_sensitive() -> None:
@@ -134,9 +148,12 @@ def test_bad_values_get_one_clear_line(argv: list[str], message: str) -> None:
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
 
 
-def test_local_backend_without_gpu_stops_at_once_with_advice(tmp_path) -> None:
+def test_local_backend_without_gpu_stops_at_once_with_advice(tmp_path, redis_url: str) -> None:
+    # The session's own Redis: without --redis-url the trainer would use whatever answers on
+    # localhost:6379.
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--art-path", str(tmp_path), "--no-wandb"],
+        [sys.executable, "-m", "trainer", "--art-path", str(tmp_path), "--no-wandb"]
+        + ["--redis-url", redis_url],
         cwd=ROOT,
         capture_output=True,
         text=True,
