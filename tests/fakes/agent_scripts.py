@@ -91,3 +91,15 @@ def hostile_agent(messages: list[dict[str, Any]], rng: random.Random) -> str:
         return "Use list_files()."
     turn = sum(m.get("role") == "assistant" for m in messages)
     return HOSTILE_TURNS[min(turn, len(HOSTILE_TURNS) - 1)]
+
+
+CRASH_LOG_ENV = "RLM_TEST_CRASH_LOG"  # a file each crashing_prompt call appends a line to
+
+
+def crashing_prompt() -> str:
+    """A system prompt function that crashes the whole job (each attempt logged)."""
+    import os
+
+    with open(os.environ[CRASH_LOG_ENV], "a") as log:
+        log.write(f"{os.getpid()}\n")
+    raise RuntimeError("scripted job crash")

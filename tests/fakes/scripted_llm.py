@@ -109,6 +109,8 @@ class ScriptedLLM:
         self.requests = 0
         self.connections = 0  # TCP connections accepted (keep-alive: fewer than requests)
         self.bodies: list[dict[str, Any]] = []  # every request body, in arrival order
+        self.authorizations: set[str] = set()  # Authorization headers seen
+        self.in_flight = self.max_in_flight = 0  # requests being answered (now, at most)
         self.models_seen: set[str] = set()
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[str] = collections.deque()
@@ -246,7 +248,15 @@ class ScriptedLLM:
                 except ValueError as exc:
                     self._send(400, error_body(f"invalid JSON: {exc}", "BadRequestError", 400))
                     return
-                status, payload = outer.respond(body)
+                with outer._lock:
+                    outer.authorizations.add(self.headers.get("Authorization", ""))
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    status, payload = outer.respond(body)
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
                 self._send(status, payload)
 
             def do_GET(self) -> None:  # noqa: N802
