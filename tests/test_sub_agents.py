@@ -12,7 +12,7 @@ from common.wire import PolicyRef
 from rollout_workers.policy import PolicyClient
 from rollout_workers.repl import Repl
 from rollout_workers.rollout import RolloutOutcome
-from rollout_workers.sub_agents import OUT_OF_CONTEXT, SubAgents
+from rollout_workers.sub_agents import MAX_DEPTH, OUT_OF_CONTEXT, SUB_AGENT_STEPS, SubAgents
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.test_rollout import _job, _workdir
 
@@ -98,3 +98,53 @@ def test_a_sub_agent_past_the_context_budget_answers_with_its_last_reply() -> No
     assert llm.requests == 1  # the next request would not have fitted: it was never sent
     [history] = outcome.histories
     assert [item.kind for item in history.messages_and_choices] == ["message", "message", "choice"]
+
+
+def _ask_once(llm: ScriptedLLM, prompt: str) -> tuple[str, RolloutOutcome]:
+    limits = _job(llm.url).limits
+
+    async def ask() -> tuple[str, RolloutOutcome]:
+        client = PolicyClient(
+            PolicyRef(inference_name="m@0", policy_step=0, endpoint=llm.url), limits
+        )
+        outcome = RolloutOutcome()
+        agents = SubAgents(client, outcome, 10, _workdir(), 20, 1000)
+        try:
+            return await agents(prompt), outcome
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ask())
+
+
+def test_a_sub_agent_has_at_most_8_turns() -> None:
+    def always_code(messages: list, rng: object) -> str:
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return f"Turn {turn}.\n```repl\nprint({turn})\n```"
+
+    with ScriptedLLM(script=always_code, record=True) as llm:
+        answer, outcome = _ask_once(llm, "Keep going.")
+    assert llm.requests == SUB_AGENT_STEPS == 8
+    assert answer.startswith("[the sub-agent gave no answer in 8 turns; its last reply]")
+    assert answer.endswith("Turn 7.\n```repl\nprint(7)\n```")
+    [history] = outcome.histories
+    assert sum(item.kind == "choice" for item in history.messages_and_choices) == 8
+
+
+def test_sub_agents_ask_down_to_depth_2_then_get_one_plain_completion() -> None:
+    def recurse(messages: list, rng: object) -> str:
+        if messages[0]["role"] == "user":  # no system prompt: a plain completion
+            return "plain answer"
+        if not any(m["role"] == "assistant" for m in messages):
+            return "```repl\nprint('below:', llm_query('deeper?'))\n```"
+        return "Heard " + messages[-1]["content"].split("below:", 1)[1].strip()
+
+    with ScriptedLLM(script=recurse, record=True) as llm:
+        answer, outcome = _ask_once(llm, "top?")
+    assert answer == "Heard Heard plain answer"
+    agents = [m for m, _ in llm.exchanges if m[0]["role"] == "system"]
+    plain = [m for m, _ in llm.exchanges if m[0]["role"] == "user"]
+    assert len(agents) == 2 * MAX_DEPTH == 4, "depth 1 and depth 2 agents, two turns each"
+    assert plain == [[{"role": "user", "content": "deeper?"}]]
+    assert outcome.sub_queries == 3
+    assert len(outcome.histories) == 3  # each sub-conversation trains
