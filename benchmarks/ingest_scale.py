@@ -235,6 +235,46 @@ def _fleet(
     }
 
 
+def rq_ceiling(jobs: int, workers: int) -> None:
+    """RQ alone: the trainer enqueueing `jobs` group jobs (as `enqueue_group` does), then
+    `workers` SimpleWorker processes (the rollout worker's class) running no-op jobs."""
+    from rq.worker import SimpleWorker
+
+    from common.queue import SERIALIZER, rollout_queue
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_redis_server(Path(tmp), appendonly=False)
+        try:
+            queue = rollout_queue("bench", Redis.from_url(url))
+            began = time.perf_counter()
+            for index in range(jobs):
+                queue.enqueue("builtins.str", "x" * 1000, job_id=f"job-{index}",
+                              job_timeout=600, result_ttl=24 * 3600)  # fmt: skip
+            enqueue_s = time.perf_counter() - began
+
+            def work() -> None:
+                connection = Redis.from_url(url)
+                worker = SimpleWorker([rollout_queue("bench", connection)], connection=connection,
+                                      serializer=SERIALIZER)  # fmt: skip
+                worker.work(burst=True, with_scheduler=False, logging_level="ERROR")
+
+            context = mp.get_context("fork")
+            processes = [context.Process(target=work) for _ in range(workers)]
+            began = time.perf_counter()
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join()
+            run_s = time.perf_counter() - began
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"\nRQ alone, {jobs} jobs: trainer enqueues {jobs / enqueue_s:,.0f} jobs/s "
+          f"({enqueue_s / jobs * 1e3:.2f} ms a job); {workers} worker processes run "
+          f"{jobs / run_s:,.0f} no-op jobs/s ({run_s / jobs * workers * 1e3:.1f} ms a job "
+          "per worker)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 8, 32])
@@ -247,7 +287,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64, help="entries per XREADGROUP")
     parser.add_argument("--load", type=float, default=0.5, help="paced runs: share of capacity")
+    parser.add_argument("--rq-jobs", type=int, default=0, help="also measure RQ alone")
     args = parser.parse_args()
+    if args.rq_jobs:
+        for workers in args.workers:
+            rq_ceiling(args.rq_jobs, workers)
+        return
     tokens = completion_tokens(args)
     print(f"rollout: {args.turns} turns x {args.tokens} tokens + {args.sub_agents} sub-agents x "
           f"{args.sub_turns} turns = {tokens:,} completion tokens")  # fmt: skip

@@ -195,12 +195,29 @@ def _ids(packed: dict[str, Any]) -> array:
     return _unpack_ids(packed["ids"], packed["n"])
 
 
+_COLUMN_KEYS = frozenset({"n", "ids", "tok", "lp", "lpw", "bl", "bb", "bn"})
+_CHOICE_KEYS = _COLUMN_KEYS | {"tc", "top", "tid", "head"}
+
+
+def check_keys(packed: Any) -> None:
+    """A packed choice holds only the fields `pack_choice` writes (strict, like the models)."""
+    if type(packed) is not dict:
+        raise PackError("a packed choice is a map")
+    unknown = set(packed) - ({"raw"} if "raw" in packed else _CHOICE_KEYS)
+    if unknown:
+        raise PackError(f"packed choice with unknown fields {sorted(map(str, unknown))}")
+    if "raw" in packed and type(packed["raw"]) is not dict:
+        raise PackError("a raw choice is a map")
+
+
 class Columns:
     """Unpacked per-token columns of one choice (or of its flattened top_logprobs)."""
 
     __slots__ = ("bytes", "logprobs", "tokens")
 
     def __init__(self, packed: dict[str, Any], content: Any) -> None:
+        if type(packed) is not dict:
+            raise PackError("packed columns are a map")
         count = packed.get("n")
         if type(count) is not int or count < 0:
             raise PackError("packed entries without a count")
@@ -254,7 +271,7 @@ def top_counts(packed: dict[str, Any]) -> list[int] | None:
         return None
     counts = _from_bytes("I", packed["tc"], packed["n"]).tolist()
     top = packed.get("top")
-    if type(top) is not dict or sum(counts) != top.get("n"):
+    if type(top) is not dict or not set(top) <= _COLUMN_KEYS or sum(counts) != top.get("n"):
         raise PackError("top_logprobs counts do not add up")
     return counts
 
@@ -277,6 +294,7 @@ def message_text(head: dict[str, Any]) -> Any:
 
 def unpack_choice(packed: dict[str, Any]) -> dict[str, Any]:
     """The exact raw `choices[0]` dict that `pack_choice` packed (slow path: plain dicts)."""
+    check_keys(packed)
     if "raw" in packed:
         return packed["raw"]
     head = head_of(packed)

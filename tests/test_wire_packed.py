@@ -197,6 +197,8 @@ def test_float64_logprobs_stay_float64() -> None:
         (lambda d: d.update(bb=b"x"), "do not add up"),
         (lambda d: d.pop("head"), "without its head"),
         (lambda d: d.update(ids=None), "packed array"),
+        (lambda d: d.update(finish_reason="abort"), "unknown fields"),
+        (lambda d: d.update(tc=b"\0\0\0\0" * 2, top={"n": 0, "x": 1}), "do not add up"),
     ],
 )
 def test_damaged_packed_choices_are_quarantined(damage: Any, error: str) -> None:

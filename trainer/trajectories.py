@@ -56,6 +56,7 @@ def _tops(data: dict[str, Any], count: int) -> list[list[TopLogprob]]:
 
 def packed_choice(data: dict[str, Any]) -> Choice:
     """A packed choice -> the `Choice` that `Choice.model_validate(raw)` gives."""
+    packed.check_keys(data)
     if "raw" in data:
         return Choice.model_validate(data["raw"])
     head = packed.head_of(data)
