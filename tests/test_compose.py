@@ -15,14 +15,16 @@ import httpx
 import pytest
 import yaml
 from redis import Redis
-from rq import Worker
+from rq import Queue, Worker
 from rq.registry import FinishedJobRegistry
 
+from common.queue import SERIALIZER
 from tests.conftest import REQUIRE_DOCKER_ENV, ROOT, free_port, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.compose]
 
 IMAGE = "rlm-grpo:test"
+HELD = 6  # requests the LLM holds: every rollout of step 0
 PROJECT_BASE_PACKAGES = (
     "python3,python3-venv,git,bubblewrap,patch,docker.io,ca-certificates,redis-server"
 )
@@ -91,7 +93,8 @@ def compose(project_image: str, tmp_path: Path) -> Iterator[tuple[Compose, dict[
         "ENV_FILE": str(env_file), "RLM_IMAGE": project_image, "TEST_ART_DIR": str(art),
         "REDIS_PASSWORD": password, "GRADER_TOKEN": grader_token, "GATEWAY_TOKEN": gateway_token,
         "REDIS_PORT": str(free_port()), "LLM_PORT": str(free_port()),
-        "DASHBOARD_PORT": str(free_port()), "GRADER_PORT": str(free_port()), "LLM_DELAY_S": "0.4",
+        "DASHBOARD_PORT": str(free_port()), "GRADER_PORT": str(free_port()), "LLM_DELAY_S": "0",
+        "LLM_HOLD": str(HELD),
         "TRAINER_ARGS": "--groups-per-step 3 --rollouts-per-group 2 --max-concurrent 6 "
                         "--num-epochs 1 --dataset-size 6 --max-steps 4",
     }  # fmt: skip
@@ -117,15 +120,22 @@ def test_compose_runs_training_with_scaled_workers_and_survives_a_stopped_worker
             assert top.returncode == 0 and env["REDIS_PASSWORD"] not in top.stdout, top.stdout
     assert httpx.get(f"http://127.0.0.1:{env['DASHBOARD_PORT']}/", timeout=10).status_code == 200
 
-    def step_one_busy() -> bool:
-        state = _state(art)
-        busy = [w for w in Worker.all(connection=redis) if w.get_current_job_id()]
-        return state is not None and state["last_completed_step"] == 0 and len(busy) == 3
-
-    wait_for(step_one_busy, 120, "step 1 running on all three workers", every_s=0.02)
+    # The LLM holds the first 6 requests: step 0's 3 groups of 2 rollouts, one job per worker
+    # (a worker runs one job at a time), so all three workers are provably mid-job.
+    llm = f"http://127.0.0.1:{env['LLM_PORT']}/_control"
+    wait_for(lambda: _held(llm) == HELD, 120, "every step-0 rollout held mid-request")
+    busy = {w.name: w.get_current_job_id() for w in Worker.all(connection=redis)}
+    assert len(busy) == 3 and None not in busy.values(), busy
     victim = runner.containers("rollout-worker")[0]
     stopped = subprocess.run(["docker", "stop", "-t", "30", victim], capture_output=True, text=True)
     assert stopped.returncode == 0
+    # Its job went back to the queue at once (the other two are still held): requeued by the
+    # stopped worker itself, which left; the two others still run theirs.
+    queued = Queue("rollouts", connection=redis, serializer=SERIALIZER).job_ids
+    running = {w.get_current_job_id() for w in Worker.all(connection=redis)}
+    assert len(queued) == 1 and queued[0] in busy.values(), (queued, busy)
+    assert running == set(busy.values()) - set(queued), running
+    assert httpx.post(f"{llm}/release", timeout=10).status_code == 200
 
     trainer = runner.containers("trainer")[0]
     exit_code = subprocess.run(
@@ -145,6 +155,13 @@ def test_compose_runs_training_with_scaled_workers_and_survives_a_stopped_worker
     [job_id, *_] = FinishedJobRegistry("rollouts", connection=redis).get_job_ids()
     job = httpx.get(f"{dashboard}/job/{job_id}.json", timeout=10).json()
     assert job["id"] == job_id and "(step " in job["description"], job
+
+
+def _held(control_url: str) -> int:
+    try:
+        return int(httpx.get(control_url, timeout=5).json()["held"])
+    except httpx.HTTPError:
+        return -1  # not up yet
 
 
 def _state(art: Path) -> dict | None:

@@ -18,7 +18,8 @@ Faults for the fault suite: `inject(kind, times)` makes the next requests answer
 until `release()`; `refuse()` closes the listening socket (connections are refused from then on).
 `hold(n)` holds the next n requests (`hold_when(body)`: the requests it accepts) until
 `release()`, so a test can act while a rollout is provably mid-request (`wait_held(n)`), never
-sleeping to synchronise.
+sleeping to synchronise; from another process, `--hold N --control` and `GET /_control`,
+`POST /_control/release`.
 
 For exactness checks: `record=True` keeps every request's messages with the choice it got
 (`exchanges`), and `encode` (text -> token ids, e.g. a test tokenizer's) replaces the default
@@ -97,6 +98,7 @@ class ScriptedLLM:
         overflow_when: Callable[[list[dict[str, Any]]], bool] | None = None,
         serves: Callable[[str], bool] | None = None,
         hold_when: Callable[[dict[str, Any]], bool] | None = None,
+        control: bool = False,
     ) -> None:
         self.script = script
         self.delay_s = delay_s
@@ -105,6 +107,7 @@ class ScriptedLLM:
         self.overflow_when = overflow_when
         self.serves = serves  # model names it serves (vLLM: base model + LoRA name@step)
         self.hold_when = hold_when  # requests (bodies) it accepts are held until release()
+        self.control = control  # /_control routes, for a test driving it from another process
         self.rng = random.Random(seed)
         self.requests = 0
         self.connections = 0  # TCP connections accepted (keep-alive: fewer than requests)
@@ -240,6 +243,10 @@ class ScriptedLLM:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                if outer.control and self.path == "/_control/release":
+                    outer.release()
+                    self._send(200, {"released": True})
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, error_body(f"no route {self.path}", "NotFoundError", 404))
                     return
@@ -260,6 +267,11 @@ class ScriptedLLM:
                 self._send(status, payload)
 
             def do_GET(self) -> None:  # noqa: N802
+                if outer.control and self.path == "/_control":
+                    with outer._lock:
+                        state = {"requests": outer.requests, "held": outer.held}
+                    self._send(200, state)
+                    return
                 models = [{"id": m, "object": "model"} for m in sorted(outer.models_seen)]
                 self._send(200, {"object": "list", "data": models})
 
@@ -361,8 +373,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--hold", type=int, default=0, help="hold the first N requests")
+    parser.add_argument(
+        "--control", action="store_true",
+        help="serve GET /_control (requests, held) and POST /_control/release to a test",
+    )  # fmt: skip
     args = parser.parse_args()
-    with ScriptedLLM(port=args.port, delay_s=args.delay_s) as llm:
+    with ScriptedLLM(port=args.port, delay_s=args.delay_s, control=args.control) as llm:
+        llm.hold(args.hold)
         print(f"scripted LLM at {llm.url}", flush=True)  # noqa: T201
         threading.Event().wait()
 
