@@ -148,6 +148,7 @@ def test_bad_values_get_one_clear_line(argv: list[str], message: str) -> None:
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_local_backend_without_gpu_stops_at_once_with_advice(tmp_path, redis_url: str) -> None:
     # The session's own Redis: without --redis-url the trainer would use whatever answers on
     # localhost:6379.

@@ -88,6 +88,7 @@ def test_no_network() -> None:
         "except OSError as e:\n    print('blocked', e)"
     )
     results, repl, _ = hostile_session([(code, 20), ("print('alive')", 20)])
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept: nothing came, no need to wait
     thread.join()
     listener.close()
     assert "blocked" in results[0].output and "CONNECTED" not in results[0].output

@@ -77,6 +77,7 @@ def nothing_left_unacknowledged(redis_url: str, art_path: Path) -> bool:
     return summary["pending"] == 0
 
 
+@pytest.mark.slow
 def test_two_steps_with_local_workers(
     redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path
 ) -> None:
@@ -156,6 +157,7 @@ class _HoldOneGroupOfStep:
         return task == self.task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_worker_stopped_mid_job(
     sig: signal.Signals, redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
@@ -193,6 +195,7 @@ def test_worker_stopped_mid_job(
     assert agent.started[first_task] == ROLLOUTS + 1
 
 
+@pytest.mark.slow
 def test_trainer_killed_mid_step_resumes(
     redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
@@ -222,6 +225,7 @@ def test_trainer_killed_mid_step_resumes(
     assert redis.xlen(stream) == 0, "checkpointed steps' entries are deleted from the stream"
 
 
+@pytest.mark.slow
 def test_crash_between_train_and_checkpoint_trains_once(
     redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
@@ -235,6 +239,7 @@ def test_crash_between_train_and_checkpoint_trains_once(
     assert_trained_correctly(art_path)
 
 
+@pytest.mark.slow
 def test_malformed_results_are_kept_aside(
     redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
 ) -> None:
