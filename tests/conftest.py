@@ -70,10 +70,10 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    basetemp = session.config._tmp_path_factory.getbasetemp() if _has_basetemp(session) else None
-    left = sorted(p.name for p in SESSION_TMP.iterdir() if basetemp is None or p != basetemp.parent)
+    # pytest's own tmp_path folders live in pytest-of-<user>: they go with the directory.
+    left = sorted(p.name for p in SESSION_TMP.iterdir() if not p.name.startswith("pytest-of-"))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if left:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"{len(left)} temporary files left by the tests in {SESSION_TMP}: {left[:20]}"
         if reporter is not None:
             reporter.write_line(f"WARNING: {message}", yellow=True)
@@ -81,11 +81,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if exitstatus == 0:
         shutil.rmtree(SESSION_TMP, ignore_errors=True)
-
-
-def _has_basetemp(session: pytest.Session) -> bool:
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    return factory is not None and factory._basetemp is not None
+    elif reporter is not None:
+        reporter.write_line(f"temporary files of this run kept for inspection in {SESSION_TMP}")
 
 
 def wait_for(
