@@ -97,6 +97,7 @@ class RolloutJob(_Wire):
     enqueued_at: float
     attempt: int = 0  # 0: the group's first job; n: the n-th rerun of rollouts that never arrived
     rollout_indexes: list[int] | None = None  # None: every rollout of the group
+    grade_unfinished: bool = False  # grade rollouts without finish() or a diff (else reward 0)
 
     @property
     def rq_job_id(self) -> str:

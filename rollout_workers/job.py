@@ -108,7 +108,7 @@ async def _rollout_and_post(
             outcome = RolloutOutcome()
             await run_rollout(job, client, system_prompt, record=record, outcome=outcome)
             trajectory = await score(
-                job, outcome, grader, reward_fn, grade_unfinished=_grade_unfinished(job)
+                job, outcome, grader, reward_fn, grade_unfinished=job.grade_unfinished
             )
             break
         except INFRASTRUCTURE_ERRORS as exc:
@@ -148,11 +148,6 @@ async def _rollout_and_post(
 def sampled(rollout_id: str, rate: float) -> bool:
     """Whether this rollout's visualizer log is kept: a stable draw from its id."""
     return int(hashlib.sha1(rollout_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
-
-
-def _grade_unfinished(job: RolloutJob) -> bool:
-    # `RolloutJob.grade_unfinished` (--grade-unfinished) where the wire carries it.
-    return bool(getattr(job, "grade_unfinished", False))
 
 
 async def score(

@@ -108,11 +108,6 @@ def test_grade_unfinished_travels_with_the_job() -> None:
     from producer import Task
     from trainer.loop import StepRunner
 
-    if "grade_unfinished" not in RolloutJob.model_fields:
-        pytest.skip(
-            "common/wire.py's RolloutJob has no grade_unfinished field yet: the trainer refuses "
-            "--grade-unfinished at start"
-        )
     job = _job()
     task = Task(scenario=job.scenario, grading=job.grading)
     for flag in (False, True):

@@ -69,11 +69,6 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
         grpo = train_kwargs(config, backend)  # a value this backend cannot take stops us here
-        if config.grade_unfinished and "grade_unfinished" not in RolloutJob.model_fields:
-            raise ConfigError(
-                "--grade-unfinished needs RolloutJob.grade_unfinished in common/wire.py, which "
-                "this release's wire lacks: leave the flag off"
-            )
         if config.local_grader:
             services.start_grader()
         services.start_workers(config.local_workers, config.queue_name)
@@ -283,7 +278,7 @@ class StepRunner:
             lease_ttl_s=config.lease_ttl_s,
             log_sample_rate=config.log_sample_rate,
             enqueued_at=time.time(),
-            **({"grade_unfinished": True} if config.grade_unfinished else {}),
+            grade_unfinished=config.grade_unfinished,
         )
 
     def _log_dir(self, step: int) -> Path:
