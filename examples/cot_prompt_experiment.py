@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
 
-from common.config import ExperimentConfig, parse_config  # noqa: E402
+from common.config import ExperimentConfig  # noqa: E402
+from common.flags import parse_config  # noqa: E402
 from common.prompts import r2e_cot_system_prompt  # noqa: E402
 from common.rewards import partial_test_reward  # noqa: E402
 from trainer import train  # noqa: E402

@@ -9,7 +9,8 @@ import signal
 import socket
 import sys
 
-from common.config import GraderConfig, parse_config
+from common.config import GraderConfig
+from common.flags import parse_config
 from common.grading import TOKEN_ENV
 from common.log import setup_logging
 

@@ -11,7 +11,8 @@ import socket
 import sys
 import uuid
 
-from common.config import WorkerConfig, parse_config, redact_url
+from common.config import WorkerConfig, redact_url
+from common.flags import parse_config
 from common.log import setup_logging
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
+from common.flags import parse_config
 from tests.conftest import train_calls, trainer_args
 from tests.fakes.agent_scripts import HOSTILE_TURNS, hostile_agent
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.rlm_log_schema import validate_rlm_log
+from tests.tokenizer import assert_art_trainable
 from trainer.loop import run_training
 
 pytestmark = pytest.mark.integration
@@ -35,14 +37,15 @@ def test_hostile_agent_through_the_pipeline(
         asyncio.run(run_training(parse_config(args, ExperimentConfig, "t")))
 
     assert "local worker" not in caplog.text, "a worker died"
-    calls = train_calls(art_path)
+    calls = train_calls(art_path, "hostile")
     assert len(calls) == 2
     for call in calls:
         [group] = call["groups"]
-        assert group["size"] == 2 and all(group["trainable"])
+        assert group["size"] == 2
         assert group["rewards"] == [1.0, 1.0]  # every rollout got to finish()
         assert group["additional_histories"] == [1, 1]  # the llm_query conversation
         assert all(m["sub_queries"] == 1 and m["repl_restarts"] >= 1 for m in group["metrics"])
+    assert_art_trainable([group["trainable"] for call in calls for group in call["groups"]])
     files = sorted(log_dir.glob("hostile/step_*/*.jsonl"))
     assert len(files) == 4 and {f.parent.name for f in files} == {"step_0", "step_1"}
     for path in files:

@@ -14,7 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
+from common.flags import parse_config
 from common.prompts import r2e_cot_system_prompt, r2e_system_prompt
 from common.rewards import binary_test_reward, finished_reward
 from tests.conftest import ROOT, wait_for

@@ -16,8 +16,9 @@ import art
 import pytest
 from art.serverless.backend import ServerlessBackend
 
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
 from common.errors import ConfigError
+from common.flags import parse_config
 from tests.conftest import model_dir, pipeline_state, train_calls, trainer_args
 from tests.fakes.scripted_llm import ScriptedLLM
 from trainer.backend import TRAIN_PARAMS, train_kwargs
@@ -144,6 +145,7 @@ def test_each_experiment_trains_its_own_model_and_w_b_run(
     assert again.run_key == first.run_key and len(train_calls(art_path, "baseline")) == 2
 
 
+@pytest.mark.slow
 def test_deleting_state_json_alone_keeps_the_weights(
     redis_url: str,
     llm: ScriptedLLM,

@@ -13,7 +13,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
+from common.flags import parse_config
 from common.grading import TOKEN_ENV
 from common.repo_cache import read_index
 from producer.repo_cache import fill_cache

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import time
 from pathlib import Path
@@ -17,7 +16,8 @@ from redis import Redis
 from rq import Queue, Worker
 
 from common import keys
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
+from common.flags import parse_config
 from common.queue import SERIALIZER
 from tests.conftest import (
     Processes,
@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from tests.fakes.recording_backend import CRASH_AFTER_TRAIN_ENV
 from tests.fakes.scripted_llm import FINISH, WANDER, ScriptedLLM
-from tests.tokenizer import REQUIRE_TORCH_ENV
+from tests.tokenizer import assert_art_trainable
 from trainer.backend import TRAIN_PARAMS
 from trainer.loop import run_training
 from trainer.status import render_status
@@ -60,11 +60,7 @@ def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = G
             assert group["policy_versions"] == [call["step"] - 1] * ROLLOUTS
             seen.update(group["instance_ids"])
     assert len(seen) == steps * groups, "no scenario repeated within the epoch"
-    # ART's own tokenizer path found tokens to train in every trajectory (needs torch).
-    if None in trainable and os.environ.get(REQUIRE_TORCH_ENV) != "1":
-        pytest.skip("torch is not installed: trainability by ART's tokenizer not checked")
-    assert None not in trainable, "the recording backend did not run ART's tokenizer"
-    assert trainable and all(all(group) for group in trainable), trainable  # type: ignore[arg-type]
+    assert_art_trainable(trainable)
 
 
 def posted(redis: Redis, stream: str) -> int:

@@ -62,6 +62,7 @@ def test_the_command_reads_redis_url_from_the_environment(redis_url: str) -> Non
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_stopped_or_killed_trainer_is_not_shown_as_live(
     sig: signal.Signals, redis_url: str, dataset: Path, tmp_path: Path, processes: Processes

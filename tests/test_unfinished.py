@@ -126,7 +126,8 @@ def test_no_grading_container_for_unfinished_rollouts(
 ) -> None:
     """The real grader beside the trainer, an agent that never calls finish(): every rollout
     scores 0, none is graded, and the step counts them."""
-    from common.config import ExperimentConfig, parse_config
+    from common.config import ExperimentConfig
+    from common.flags import parse_config
     from common.grading import TOKEN_ENV
     from tests.conftest import history, train_calls, trainer_args
     from tests.fakes.scripted_llm import ScriptedLLM

@@ -143,6 +143,7 @@ def test_packed_choices_rebuild_exactly(raws: list[dict[str, Any]]) -> None:
         _same(rebuilt, raw)
 
 
+@pytest.mark.slow
 def test_a_long_answer_packs_small_and_exact() -> None:
     pieces = ["def", " f", "(x", "):", "\n   ", " return", " x", " +", " ü", "🙂"] * 12_000
     content = [

@@ -83,3 +83,12 @@ def encoder(tokenizer: PreTrainedTokenizerFast) -> Callable[[str], list[int]]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     return encode
+
+
+def assert_art_trainable(trainable: list[list[bool] | None]) -> None:
+    """Every trajectory of every recorded group had tokens to train by ART's own tokenizer (the
+    recording backend's `trainable`; None where it could not run ART's tokenizer: no torch)."""
+    if None in trainable and os.environ.get(REQUIRE_TORCH_ENV) != "1":
+        pytest.skip("torch is not installed: trainability by ART's tokenizer not checked")
+    assert None not in trainable, "the recording backend did not run ART's tokenizer"
+    assert trainable and all(all(group) for group in trainable), trainable  # type: ignore[arg-type]

@@ -3,7 +3,8 @@ collects trajectories, assembles groups, trains, logs and checkpoints.
 
 The Python API, for wrapper scripts that customise a run in code (see `examples/`):
 
-    from common.config import ExperimentConfig, parse_config
+    from common.config import ExperimentConfig
+    from common.flags import parse_config
     from trainer import train
 
     config = parse_config(sys.argv[1:], ExperimentConfig, prog="my_experiment.py")

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 
-from common.config import ExperimentConfig, parse_config
+from common.config import ExperimentConfig
 from common.errors import ConfigError, TaskError
+from common.flags import parse_config
 from common.log import setup_logging
 
 

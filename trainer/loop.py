@@ -58,17 +58,17 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
     """Train until the schedule is exhausted; returns the final state."""
     import art
 
-    services = resolve_redis(config.redis_url, config.art_path)
-    monitor = HealthMonitor(
-        config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
-    )
-    monitor.start()
-    backend = gateway = wandb_logger = status = None
+    backend = services = monitor = gateway = wandb_logger = status = None
     ending = f"{STOPPED}: error"
     signals = SignalNotes()
     try:
         backend = await build_backend(config)  # first: without a GPU, stop before anything starts
         grpo = train_kwargs(config, backend)  # a value this backend cannot take stops us here
+        services = resolve_redis(config.redis_url, config.art_path)
+        monitor = HealthMonitor(
+            config.health_check_interval, config.max_child_processes, config.max_tmp_usage_gb
+        )
+        monitor.start()
         if config.local_grader:
             services.start_grader()
         services.start_workers(config.local_workers, config.queue_name)
@@ -125,8 +125,10 @@ async def run_training(config: ExperimentConfig) -> PipelineState:
             wandb_logger.close()
         if gateway is not None:
             gateway.stop()
-        monitor.stop()
-        services.stop()
+        if monitor is not None:
+            monitor.stop()
+        if services is not None:
+            services.stop()
         if backend is not None:
             await backend.close()
 

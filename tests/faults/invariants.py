@@ -21,6 +21,7 @@ from rq.registry import StartedJobRegistry
 from common import keys
 from common.queue import rollout_queue
 from tests.conftest import history, train_calls, trainer_args, wait_for
+from tests.tokenizer import assert_art_trainable
 
 GROUPS, ROLLOUTS, STEPS = 2, 3, 2
 
@@ -69,15 +70,17 @@ def assert_invariants(
         "every step trained exactly once"
     )
     scenarios: list[str] = []
+    trainable: list[list[bool] | None] = []
     for call in calls:
         for group in call["groups"]:
             assert group["size"] == run.rollouts, "a trained group is complete"
             assert len(group["instance_ids"]) == 1, "one scenario per group"
-            assert all(group["trainable"]), "every trajectory carries Choices with logprobs"
+            trainable.append(group["trainable"])
             # A real rollout reports its own metrics; a failure never became a trajectory.
             assert all("finished" in m and "steps" in m for m in group["metrics"])
             scenarios += group["instance_ids"]
     assert len(scenarios) == len(set(scenarios)), "no scenario trained twice"
+    assert_art_trainable(trainable)  # every trajectory has tokens ART trains on
     for row in rows:
         assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] == run.groups
         if row["pipeline/failed_rollouts"]:
