@@ -26,14 +26,6 @@ from trainer.loop import run_training
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def repo_cache(fixture_tasks, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dataset, _ = fixture_tasks
-    cache = tmp_path_factory.mktemp("repo-cache")
-    fill_cache(str(dataset), "train", cache)
-    return cache
-
-
 def test_repo_cache_holds_the_buggy_code_and_no_way_to_the_fix(
     fixture_tasks, repo_cache: Path
 ) -> None:

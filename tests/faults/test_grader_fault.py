@@ -12,7 +12,6 @@ import psutil
 import pytest
 
 from common.grading import TOKEN_ENV
-from producer.repo_cache import fill_cache
 from tests.conftest import GRADER_TEST_TOKEN, Processes, grader_containers, wait_for
 from tests.fakes.agent_scripts import FixingAgent
 from tests.fakes.scripted_llm import ScriptedLLM
@@ -20,14 +19,6 @@ from tests.faults.invariants import FaultRun, assert_invariants
 from trainer.services import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def repo_cache(fixture_tasks, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dataset, _ = fixture_tasks
-    cache = tmp_path_factory.mktemp("repo-cache")
-    fill_cache(str(dataset), "train", cache)
-    return cache
 
 
 def test_grader_killed_mid_grading(
