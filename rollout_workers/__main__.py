@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
     except RedisConnectionError as exc:
         logging.getLogger(__name__).error(
-            "Redis at %s unreachable for more than %.0fs (%s); worker stopped",
+            "Redis at %s unreachable past --redis-outage-s (%.0fs: %s); worker stopped",
             redact_url(config.redis_url), config.redis_outage_s, exc,
         )  # fmt: skip
         return 3
