@@ -37,6 +37,16 @@ def request_for(task, diff: str, timeout_s: float = 120) -> GradeRequest:
     )
 
 
+def send_grade(sock: socket.socket, body: bytes) -> None:
+    """POST /grade over a raw socket the test keeps open (or closes to disconnect)."""
+    sock.sendall(
+        b"POST /grade HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
 # Makes the hidden tests hang on import.
 HANG = (
     "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/ops.py\n"
@@ -132,12 +142,7 @@ def test_a_client_that_goes_away_takes_its_container_with_it(fixture_tasks, grad
     body = request_for(calc, HANG, timeout_s=600).model_dump_json().encode()
     port = urlparse(grader_service).port
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(
-            b"POST /grade HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        send_grade(sock, body)
         wait_for(lambda: grader_containers(label_of(grader_service)), 30, "the grading container")
     wait_for(lambda: not grader_containers(label_of(grader_service)), 30, "the container's removal")
 

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 import pytest
 
 from grader.container import ContainerLimits
-from tests.conftest import GRADER_TEST_TOKEN, grader_containers, wait_for
-from tests.test_grader import HANG, label_of, request_for
+from tests.conftest import grader_containers, wait_for
+from tests.test_grader import HANG, label_of, request_for, send_grade
 
 pytestmark = pytest.mark.docker
 
@@ -35,12 +35,7 @@ def test_a_grading_container_has_no_network_and_bounded_resources(
     port = urlparse(grader_service).port
     label = label_of(grader_service)
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(
-            b"POST /grade HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {GRADER_TEST_TOKEN}\r\n".encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        send_grade(sock, body)
         [container] = wait_for(lambda: grader_containers(label), 30, "the grading container")
         inspected = subprocess.run(
             ["docker", "inspect", container], capture_output=True, text=True, check=True
