@@ -11,6 +11,7 @@ test failed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 
@@ -96,6 +98,26 @@ def wait_for(
             return value
         time.sleep(every_s)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def descendants() -> set[int]:
+    """Pids of every process below this one (to compare before and after a run)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def assert_nothing_left_running(before: set[int], after_what: str, grace_s: float = 10.0) -> None:
+    """Every process started since `before` has exited (or does within `grace_s`: one that
+    was signalled may still be on its way out); fail naming what is left."""
+    new = []
+    for pid in descendants() - before:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            new.append(psutil.Process(pid))
+    _, alive = psutil.wait_procs(new, timeout=grace_s)
+    described = []
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{process.pid} {process.status()} {' '.join(process.cmdline())}")
+    assert not described, f"processes left running after {after_what}: {described}"
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,11 @@ import asyncio
 import logging
 from pathlib import Path
 
-import psutil
 import pytest
 
 from common.config import ExperimentConfig
 from common.flags import parse_config
-from tests.conftest import train_calls, trainer_args
+from tests.conftest import assert_nothing_left_running, descendants, train_calls, trainer_args
 from tests.fakes.agent_scripts import HOSTILE_TURNS, hostile_agent
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.rlm_log_schema import validate_rlm_log
@@ -26,7 +25,7 @@ def test_hostile_agent_through_the_pipeline(
     redis_url: str, dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     art_path, log_dir = tmp_path / "art", tmp_path / "logs"
-    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    children_before = descendants()
     with ScriptedLLM(script=hostile_agent) as llm, caplog.at_level(logging.INFO):
         args = trainer_args(
             redis_url, llm.url, dataset, art_path, local_workers=1, dataset_size=2,
@@ -56,5 +55,4 @@ def test_hostile_agent_through_the_pipeline(
         assert call["prompt"] == "How do I list files?" and call["response"] == "Use list_files()."
         shadow = lines[4]["code_blocks"][0]["result"]  # an error: shown as one, on stderr
         assert "No such file or directory" in shadow["stderr"] and shadow["stdout"] == ""
-    left = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
-    assert not left, f"processes left running: {left}"
+    assert_nothing_left_running(children_before, "the trainer returned")

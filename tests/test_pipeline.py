@@ -21,6 +21,8 @@ from common.flags import parse_config
 from common.queue import SERIALIZER
 from tests.conftest import (
     Processes,
+    assert_nothing_left_running,
+    descendants,
     history,
     model_dir,
     pipeline_state,
@@ -83,7 +85,7 @@ def test_two_steps_with_local_workers(
         ExperimentConfig,
         "trainer",
     )
-    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    children_before = descendants()
 
     state = asyncio.run(run_training(config))
 
@@ -108,8 +110,7 @@ def test_two_steps_with_local_workers(
     # No WANDB_API_KEY here: the run went to W&B offline, with the config and its hash.
     [offline] = (model_dir(art_path) / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb"))
-    left = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
-    assert not left, f"processes left running after the trainer returned: {left}"
+    assert_nothing_left_running(children_before, "the trainer returned")
     status = render_status(Redis.from_url(redis_url), config.queue_name)
     # The run ended: the status says so, with when, instead of its last live phase.
     assert f"finished at {time.strftime('%Y-%m-%d', time.gmtime())}" in status, status
