@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from common.errors import ConfigError
+from common.wire import RolloutLimits
 
 
 def callable_path(fn: Callable[..., Any]) -> str:
@@ -90,6 +91,19 @@ ImportableFn = Annotated[
     BeforeValidator(_to_callable),
     PlainSerializer(callable_path, return_type=str),
 ]
+
+
+def _gpu_ids(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("write GPU ids as comma-separated integers, e.g. 0,1") from None
+    return value
+
+
+# GPU ids: `0,1` on the command line, a list in a --config file.
+GpuIds = Annotated[list[int] | None, BeforeValidator(_gpu_ids)]
 
 
 class ExperimentConfig(BaseModel):
@@ -222,6 +236,47 @@ class ExperimentConfig(BaseModel):
         "leaves them out of their group",
     )
 
+    rollout_time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="Wall time of one rollout; past it the agent gets no more turns and the "
+        "rollout ends as truncated; unset: no limit",
+    )
+
+    # --- Asynchronous training, stragglers, evaluation ---
+    max_steps_off_policy: int = Field(
+        0,
+        ge=0,
+        description="S: groups of the next steps start while earlier ones run and while "
+        "train() runs, at most (S+1) x --groups-per-step untrained at once; a group sampled "
+        "more than S steps before it would train is dropped; 0: the synchronous loop",
+    )
+    over_provision: int = Field(
+        0,
+        ge=0,
+        description="K: start K extra groups per step and train on the first "
+        "--groups-per-step complete ones; the rest carry over (S > 0) or are cancelled (S = 0)",
+    )
+    keep_zero_variance: bool = Field(
+        False, description="Train groups whose rollouts all got the same reward (no signal)"
+    )
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate the policy every N training steps; 0: never"
+    )
+    eval_split: str | None = Field(
+        None, description="Dataset split of the held-out evaluation scenarios (never trained)"
+    )
+    eval_size: int = Field(16, ge=1, description="Scenarios per evaluation")
+    eval_rollouts: int = Field(1, ge=1, description="Rollouts per evaluation scenario")
+    trainer_gpu_ids: GpuIds = Field(
+        None,
+        description="LocalBackend dedicated mode: GPUs that train (e.g. 0); with "
+        "--inference-gpu-ids, inference keeps serving while train() runs",
+    )
+    inference_gpu_ids: GpuIds = Field(
+        None, description="LocalBackend dedicated mode: GPUs that serve the policy (e.g. 1)"
+    )
+
     # --- GRPO: backend.train()'s parameters, ART 0.5.18 LocalBackend.train's names and defaults,
     # passed through unchanged (trainer/backend.py: train_kwargs). `--learning-rate` is above. ---
     loss_fn: Literal["cispo", "ppo"] = Field("cispo", description="GRPO: RL loss function")
@@ -297,6 +352,23 @@ class ExperimentConfig(BaseModel):
                 f"--max-concurrent ({self.max_concurrent}) must be at least --rollouts-per-group "
                 f"({self.rollouts_per_group}): one job runs a whole group at once"
             )
+        if self.eval_every and not self.eval_split:
+            raise ValueError(
+                "--eval-every needs --eval-split: a split never trained on (R2E-Gym-Lite has "
+                "dev_* splits beside train)"
+            )
+        if self.eval_every and self.eval_split == self.dataset_split:
+            raise ValueError(
+                f"--eval-split {self.eval_split} is the training split: evaluation scenarios "
+                "must be held out; pick another split"
+            )
+        if (self.trainer_gpu_ids is None) != (self.inference_gpu_ids is None):
+            raise ValueError(
+                "--trainer-gpu-ids and --inference-gpu-ids go together (dedicated mode): pass "
+                "both, or neither to share one GPU"
+            )
+        if self.trainer_gpu_ids and set(self.trainer_gpu_ids) & set(self.inference_gpu_ids or []):
+            raise ValueError("--trainer-gpu-ids and --inference-gpu-ids must not overlap")
         needs_tests = getattr(self.reward_fn, "__name__", "") in TEST_REWARDS
         if self.grader == "none" and needs_tests:
             raise ValueError(
@@ -319,6 +391,16 @@ class ExperimentConfig(BaseModel):
         is published: it must not be an oracle for one)."""
         canonical = json.dumps(self.redacted_dump(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def rollout_limits(self) -> RolloutLimits:
+        """What a worker needs to bound each rollout: the fields of the same names."""
+        return RolloutLimits(**{name: getattr(self, name) for name in RolloutLimits.model_fields})
+
+    @property
+    def dedicated_gpus(self) -> bool:
+        """Whether training and inference have GPUs of their own (inference serves during
+        train() with LocalBackend)."""
+        return self.trainer_gpu_ids is not None
 
     @property
     def art_model_name(self) -> str:

@@ -72,6 +72,7 @@ class RolloutLimits(_Wire):
     rollout_retries: int
     retry_backoff_s: float
     max_sub_queries: int = 10
+    rollout_time_limit_s: float | None = None  # wall time of a rollout; past it: truncated
 
 
 class RolloutJob(_Wire):
