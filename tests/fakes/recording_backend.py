@@ -11,15 +11,21 @@ fails as it would on the GPU. With `RECORDING_BACKEND_TOKENIZE=1` each group goe
 `tokenize_trajectory_groups` on CPU with the tests' small tokenizer, and each trajectory's number
 of trained tokens is recorded (`trainable_tokens`; `trainable` is that number > 0): ART's judgement
 of trainability, not ours. Without it (no torch) both are recorded as None.
+
+For benchmarks, `RECORDING_BACKEND_TRAIN_S=1.5` makes each `train()` take that long (an
+`asyncio.sleep`, so the trainer's event loop keeps running, as it does while a GPU trains);
+every record carries the call's `started_at` and `finished_at` (`time.time()`).
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
 import inspect
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from common.config import ExperimentConfig
 
 CRASH_AFTER_TRAIN_ENV = "RECORDING_BACKEND_CRASH_AFTER_TRAIN"  # simulate a crash before checkpoint
 TOKENIZE_ENV = "RECORDING_BACKEND_TOKENIZE"  # "1": judge trainability with ART's tokenizer path
+TRAIN_S_ENV = "RECORDING_BACKEND_TRAIN_S"  # seconds each train() takes (simulated GPU time)
 
 
 @functools.cache
@@ -120,6 +127,7 @@ class RecordingBackend(art.Backend):
         return self.endpoint, "recording-backend-key"
 
     async def train(self, *args: Any, **kwargs: Any) -> TrainResult:
+        started_at = time.time()
         bound = local_backend_train_signature().bind(self, *args, **kwargs)  # TypeError: unknown
         arguments = dict(bound.arguments)
         arguments.pop("self")
@@ -132,8 +140,13 @@ class RecordingBackend(art.Backend):
             tokens = trained_tokens(groups, bool(bound.arguments["scale_rewards"]))
         model_dir = Path(get_model_dir(model=model, art_path=self.path))
         new_step = self._step(model) + 1
+        train_s = float(os.environ.get(TRAIN_S_ENV) or 0)
+        if train_s > 0:
+            await asyncio.sleep(train_s)
         record = {
             "step": new_step,
+            "started_at": started_at,
+            "finished_at": time.time(),
             "kwargs": arguments,
             "groups": [
                 {

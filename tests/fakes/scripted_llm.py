@@ -21,6 +21,11 @@ until `release()`; `refuse()` closes the listening socket (connections are refus
 sleeping to synchronise; from another process, `--hold N --control` and `GET /_control`,
 `POST /_control/release`.
 
+For benchmarks: `delay_fn` draws each request's delay (seconds) from its own seeded
+`random.Random` (`lognormal_delay(median_s, p99_ratio)`: heavy-tailed, seeded by `seed`), and
+`busy_seconds()` is the number of requests in flight integrated over time since the start
+(request-seconds: with N slots over T seconds, `busy_seconds() / (N * T)` is their occupancy).
+
 For exactness checks: `record=True` keeps every request's messages with the choice it got
 (`exchanges`), and `encode` (text -> token ids, e.g. a test tokenizer's) replaces the default
 hashed token ids, so what a request returned can be compared token for token with what ART
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import random
 import re
 import threading
@@ -62,6 +68,13 @@ def default_script(messages: list[dict[str, Any]], rng: random.Random) -> str:
 
 def finish_at_once(messages: list[dict[str, Any]], rng: random.Random) -> str:
     return FINISH
+
+
+def lognormal_delay(median_s: float, p99_ratio: float = 10.0) -> Callable[[random.Random], float]:
+    """Per-request delays, lognormal with median `median_s` and p99 = `p99_ratio` x median."""
+    sigma = math.log(p99_ratio) / 2.3263478740408408  # the standard normal's 0.99 quantile
+    mu = math.log(median_s)
+    return lambda rng: rng.lognormvariate(mu, sigma)
 
 
 class _Server(ThreadingHTTPServer):
@@ -99,9 +112,12 @@ class ScriptedLLM:
         serves: Callable[[str], bool] | None = None,
         hold_when: Callable[[dict[str, Any]], bool] | None = None,
         control: bool = False,
+        delay_fn: Callable[[random.Random], float] | None = None,
     ) -> None:
         self.script = script
         self.delay_s = delay_s
+        self.delay_fn = delay_fn  # each request's delay, drawn from delay_rng (else delay_s)
+        self.delay_rng = random.Random(seed)
         self.fail_when = fail_when  # prompts containing this text get HTTP 503
         # Requests whose messages it accepts get vLLM's 400 "maximum context length" error.
         self.overflow_when = overflow_when
@@ -114,6 +130,8 @@ class ScriptedLLM:
         self.bodies: list[dict[str, Any]] = []  # every request body, in arrival order
         self.authorizations: set[str] = set()  # Authorization headers seen
         self.in_flight = self.max_in_flight = 0  # requests being answered (now, at most)
+        self._busy_s = 0.0  # in_flight integrated over time, up to _busy_at
+        self._busy_at = time.monotonic()
         self.models_seen: set[str] = set()
         self.faults_served: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[str] = collections.deque()
@@ -170,6 +188,17 @@ class ScriptedLLM:
     def release(self) -> None:
         self._released.set()
 
+    def busy_seconds(self) -> float:
+        """Requests in flight integrated over time (request-seconds) since the server started."""
+        with self._lock:
+            self._account_busy()
+            return self._busy_s
+
+    def _account_busy(self) -> None:  # with _lock held, before in_flight changes
+        now = time.monotonic()
+        self._busy_s += self.in_flight * (now - self._busy_at)
+        self._busy_at = now
+
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | bytes]:
         messages = body.get("messages") or []
         model = str(body.get("model", ""))
@@ -178,6 +207,7 @@ class ScriptedLLM:
             self.bodies.append(body)
             self.models_seen.add(model)
             text = self.script(messages, self.rng)
+            delay_s = self.delay_fn(self.delay_rng) if self.delay_fn else self.delay_s
             fault = self._faults.popleft() if self._faults else None
             by_count = self._to_hold > 0 and fault != "hang"
             if by_count:
@@ -199,8 +229,8 @@ class ScriptedLLM:
             return 400, CONTEXT_OVERFLOW
         if self.fail_when and any(self.fail_when in str(m.get("content")) for m in messages):
             return 503, error_body("scripted outage", "ServiceUnavailableError", 503)
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if delay_s:
+            time.sleep(delay_s)
         if fault == "think":
             text = THINK + text
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
@@ -257,12 +287,14 @@ class ScriptedLLM:
                     return
                 with outer._lock:
                     outer.authorizations.add(self.headers.get("Authorization", ""))
+                    outer._account_busy()
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
                     status, payload = outer.respond(body)
                 finally:
                     with outer._lock:
+                        outer._account_busy()
                         outer.in_flight -= 1
                 self._send(status, payload)
 
