@@ -2,7 +2,8 @@
 
 Epoch `e` visits every task once in an order shuffled with `seed + e`; step `k` takes the
 next `groups_per_step` of that sequence. Because it depends only on `k`, a resumed run continues
-exactly where it stopped without repeating tasks.
+exactly where it stopped without repeating tasks. Over-provisioned extra groups of step `k`
+(`extra_tasks`) are drawn from the other tasks, also as a pure function of `k`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ class Schedule:
             self.tasks[self._order(i // n)[i % n]]
             for i in range(start, start + self.groups_per_step)
         ]
+
+    def extra_tasks(self, step: int, count: int) -> list[Task]:
+        """`count` more tasks for step `k` (stragglers' spares): others than the step's own
+        where the dataset has enough of them."""
+        if count == 0:
+            return []
+        own = {id(task) for task in self.tasks_for_step(step)}
+        others = [t for t in self.tasks if id(t) not in own] or list(self.tasks)
+        rng = random.Random(f"{self.seed}-extra-{step}")
+        if len(others) >= count:
+            return rng.sample(others, count)
+        return [rng.choice(others) for _ in range(count)]
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:

@@ -189,8 +189,8 @@ def test_the_config_as_written_holds_no_password() -> None:
 def test_pipeline_config_json_and_the_wandb_config_hold_no_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer.loop import _write_resolved_config
     from trainer.observability import WandbLogger
+    from trainer.setup import _write_resolved_config
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -22,8 +22,9 @@ from common.flags import parse_config
 from tests.conftest import model_dir, pipeline_state, train_calls, trainer_args
 from tests.fakes.scripted_llm import ScriptedLLM
 from trainer.backend import TRAIN_PARAMS, train_kwargs
-from trainer.loop import _write_resolved_config, run_training
+from trainer.loop import run_training
 from trainer.observability import WandbLogger
+from trainer.setup import _write_resolved_config
 from trainer.state import PipelineState, check_resume, fresh_state
 
 # LocalBackend.train's keyword parameters that are deliberately not flags (see trainer/backend.py)

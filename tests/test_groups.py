@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from common.wire import ErrorInfo, RolloutResult, WireItem, WireTrajectory
+from common import keys
+from common.wire import (
+    ErrorInfo,
+    PolicyRef,
+    RolloutJob,
+    RolloutLimits,
+    RolloutResult,
+    Scenario,
+    WireItem,
+    WireTrajectory,
+)  # fmt: skip
 from tests.fakes.scripted_llm import completion
-from trainer.groups import StepResults, assemble_groups
+from trainer.groups import GroupResults, assemble_groups
 
 
 def result(
-    group: int, index: int, *, truncated: bool = False, failed: bool = False
+    group: int,
+    index: int,
+    *,
+    truncated: bool = False,
+    failed: bool = False,
+    reward: float | None = None,
 ) -> RolloutResult:
     choice = completion("m@0", "hi", 3)["choices"][0]
     trajectory = WireTrajectory(
         messages_and_choices=[WireItem(kind="choice", data=choice)],
-        reward=float(index % 2),
+        reward=float(index % 2) if reward is None else reward,
         metrics={"truncated": truncated},
     )
     return RolloutResult(
@@ -26,34 +41,74 @@ def result(
     )  # fmt: skip
 
 
-def step_with(*results: RolloutResult, groups: int = 3) -> StepResults:
-    step = StepResults(step=0, groups=groups, rollouts_per_group=3)
+def job(group: int, policy_step: int = 0) -> RolloutJob:
+    return RolloutJob(
+        run_id="r", job_id=keys.job_id("r", 0, group), step=0, group_index=group,
+        rollouts_per_group=3, scenario=Scenario(instance_id=f"task{group}", problem_statement="x"),
+        grading=None,
+        policy=PolicyRef(inference_name=f"m@{policy_step}", policy_step=policy_step, endpoint="x"),
+        limits=RolloutLimits(max_steps=1, max_context_tokens=1000, max_completion_tokens=10,
+                             code_timeout_s=1, max_output_chars=100, request_timeout_s=1,
+                             rollout_retries=0, retry_backoff_s=0),
+        system_prompt_fn="common.prompts:r2e_system_prompt",
+        reward_fn="common.rewards:finished_reward", results_stream="s", lease_ttl_s=2,
+        enqueued_at=0.0,
+    )  # fmt: skip
+
+
+def groups_with(*results: RolloutResult, groups: int = 3) -> list[GroupResults]:
+    held = [GroupResults(job(g)) for g in range(groups)]
     for n, r in enumerate(results):
-        step.add(f"0-{n}", r)
-    return step
+        held[r.group_index].add(f"0-{n}", r)
+    return held
 
 
 def test_complete_groups_train_and_failures_drop_the_whole_group() -> None:
-    step = step_with(
+    groups = groups_with(
         *(result(0, i) for i in range(3)),
         result(1, 0), result(1, 1), result(1, 2, failed=True),
         result(2, 0), result(2, 1), result(2, 1),  # a duplicate, and rollout 2 never came
     )  # fmt: skip
-    assert step.duplicates == 1 and not step.complete
-    assembled = assemble_groups(step)
+    assert groups[2].duplicates == 1 and not groups[2].complete and groups[2].missing() == [2]
+    assembled = assemble_groups(groups)
     assert [len(g.trajectories) for g in assembled.groups] == [3]
     assert assembled.groups[0].metadata["instance_id"] == "task0"
     assert assembled.dropped == {"failed_rollout:EndpointError": 1, "incomplete": 1}
 
 
 def test_truncated_rollouts_are_scored_or_masked() -> None:
-    step = step_with(
+    groups = groups_with(
         result(0, 0), result(0, 1, truncated=True), result(0, 2),
         result(1, 0, truncated=True), result(1, 1, truncated=True), result(1, 2),
         groups=2,
     )  # fmt: skip
-    scored = assemble_groups(step)
+    scored = assemble_groups(groups)
     assert [len(g.trajectories) for g in scored.groups] == [3, 3]
-    masked = assemble_groups(step, mask_truncated=True)
+    masked = assemble_groups(groups, mask_truncated=True)
     assert [len(g.trajectories) for g in masked.groups] == [2]
     assert masked.dropped == {"masked_truncated": 1}
+
+
+def test_zero_variance_groups_are_dropped_unless_kept() -> None:
+    groups = groups_with(
+        *(result(0, i, reward=1.0) for i in range(3)),  # all equal: no signal
+        *(result(1, i) for i in range(3)),  # 0, 1, 0
+        groups=2,
+    )
+    dropped = assemble_groups(groups, keep_zero_variance=False)
+    assert [g.metadata["group_index"] for g in dropped.groups] == [1]
+    assert dropped.dropped == {"zero_variance": 1}
+    kept = assemble_groups(groups, keep_zero_variance=True)
+    assert len(kept.groups) == 2 and not kept.dropped
+
+
+def test_an_ok_copy_beats_a_failed_one() -> None:
+    group = GroupResults(job(0))
+    group.add("1", result(0, 0, failed=True))
+    group.add("2", result(0, 0))  # the job ran twice; the second run succeeded
+    group.add("3", result(0, 0, failed=True))
+    assert group.results[0].status == "ok" and group.duplicates == 2
+    group.fail_rollout(1, ErrorInfo(type="RolloutDeadline", message="late"))
+    assert group.missing() == [2] and group.failed == 1
+    assert not group.add("4", result(0, 7))
+    assert group.missing() == [2] and group.out_of_range == 1, "never completes the group"

@@ -19,7 +19,6 @@ from rollout_workers.sub_agents import MAX_DEPTH
 from tests.fakes.agent_scripts import is_sub_agent
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.rlm_log_schema import validate_rlm_log
-from trainer.groups import StepResults
 from trainer.rlm_logs import write_rlm_logs
 
 ASK_THEN_FAIL = (
@@ -84,10 +83,7 @@ def test_logs_of_a_rollout_and_a_failed_rollout_load_in_the_visualizer(
     assert failed.error is not None and failed.error.type == "EndpointError"
     assert failed.rlm_log and len(failed.rlm_log) == 1  # the turn it did play
 
-    results = StepResults(step=0, groups=1, rollouts_per_group=2)
-    results.add("1-0", ok)
-    results.add("1-1", failed)
-    assert write_rlm_logs(results, tmp_path, "cfg-1234", max_steps=4) == 2
+    assert write_rlm_logs([ok, failed], tmp_path, "cfg-1234", max_steps=4) == 2
 
     lines = validate_rlm_log(tmp_path / f"{ok.rollout_id}.jsonl")
     metadata, first, last = lines[0], lines[1], lines[-1]

@@ -21,7 +21,7 @@ from common.wire import (
 from grader.client import GraderClient
 from rollout_workers.job import score
 from rollout_workers.rollout import RolloutOutcome
-from trainer.groups import StepResults
+from trainer.groups import GroupResults
 from trainer.metrics import step_metrics
 from trainer.services import free_port
 
@@ -84,7 +84,7 @@ def test_grade_unfinished_grades_anyway_and_a_finished_diff_is_graded() -> None:
 
 
 def test_skipped_gradings_are_counted_in_the_step_metrics() -> None:
-    step = StepResults(step=0, groups=1, rollouts_per_group=3)
+    group = GroupResults(_job().model_copy(update={"rollouts_per_group": 3}))
     for index, skipped in enumerate([True, True, False]):
         metrics = {"finished": not skipped, "grading_skipped": True} if skipped else {}
         trajectory = WireTrajectory(messages_and_choices=[], reward=0.0, metrics=metrics)
@@ -93,30 +93,22 @@ def test_skipped_gradings_are_counted_in_the_step_metrics() -> None:
             rollout_index=index, instance_id="calc", policy_step=0, status="ok",
             trajectory=trajectory, enqueued_at=0.0, started_at=0.0, finished_at=1.0,
         )  # fmt: skip
-        step.add(f"0-{index}", result)
-    metrics = step_metrics(
-        step, Counter(), wait_s=1.0, train_s=1.0, requeued_jobs=0, stale_results=0,
-        dead_letters=0, queue_depth=0,
-    )  # fmt: skip
+        group.add(f"0-{index}", result)
+    metrics = step_metrics([group], Counter(), wait_s=1.0, train_s=1.0)
     assert metrics["pipeline/gradings_skipped"] == 2.0
 
 
-def test_grade_unfinished_travels_with_the_job() -> None:
-    from types import SimpleNamespace
-
+def test_grade_unfinished_travels_with_the_job(dataset) -> None:
     from common.config import ExperimentConfig
-    from producer import Task
-    from trainer.loop import StepRunner
+    from producer import Schedule, load_tasks
+    from trainer.admission import Admission
 
     job = _job()
-    task = Task(scenario=job.scenario, grading=job.grading)
+    tasks = load_tasks(str(dataset), "train").tasks
     for flag in (False, True):
-        runner = SimpleNamespace(
-            config=ExperimentConfig(grade_unfinished=flag), run_key="r",
-            services=SimpleNamespace(grader_url=None),
-        )  # fmt: skip
-        built = StepRunner._job(runner, 0, 0, task, job.policy)  # type: ignore[arg-type]
-        assert built.grade_unfinished is flag
+        config = ExperimentConfig(grade_unfinished=flag, groups_per_step=1)
+        admission = Admission(config, Schedule(tasks, 1, 1, 0), "r", "http://grader")
+        assert admission.job(0, job.policy).grade_unfinished is flag
 
 
 @pytest.mark.docker

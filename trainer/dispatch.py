@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 
 from common import keys
 from common.queue import (
+    cancel_group,
     enqueue_group,
     fetch_job,
     is_waiting_in_queue,
@@ -31,7 +32,7 @@ from common.queue import (
     requeue_started_job,
 )
 from common.wire import ErrorInfo, RolloutJob
-from trainer.groups import StepResults
+from trainer.groups import GroupKey, GroupResults, group_key
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +95,20 @@ class Dispatcher:
     rollout_reruns: int = 2
     requeued: int = 0  # jobs put back after their worker was lost
     reruns: int = 0  # rollouts rerun alone
-    attempts: dict[int, list[Attempt]] = field(default_factory=dict)  # group index -> attempts
+    attempts: dict[GroupKey, list[Attempt]] = field(default_factory=dict)
 
     @property
     def deadline_s(self) -> float:
         return float(self.rollout_deadline_s or self.job_timeout_s)
 
-    def start(self, job: RolloutJob) -> None:
+    def start(self, job: RolloutJob) -> RolloutJob:
         """Enqueue a group's first attempt unless it exists, and adopt reruns an earlier life of
-        the trainer enqueued."""
-        self.ensure_enqueued(job)
+        the trainer enqueued. Returns the job in use: an adopted one keeps the policy it was
+        pinned to."""
+        adopted = self._adopt(job)
+        if adopted is None:
+            self.ensure_enqueued(job)
+        job = adopted or job
         attempts = [Attempt(job)]
         for number in range(1, self.rollout_reruns + 1):
             existing = fetch_job(keys.attempt_job_id(job.job_id, number), self.queue.connection)
@@ -114,15 +119,35 @@ class Dispatcher:
             except Exception as exc:  # a job of ours we cannot read: stop adopting there
                 log.error("cannot read rerun %s (%s); ignoring it", existing.id, exc)
                 break
-        self.attempts[job.group_index] = attempts
+        self.attempts[group_key(job)] = attempts
+        return job
 
-    def finish(self, group_index: int) -> None:
+    def _adopt(self, job: RolloutJob) -> RolloutJob | None:
+        """The live first attempt an earlier life of the trainer enqueued, read back from RQ."""
+        existing = fetch_job(job.rq_job_id, self.queue.connection)
+        if existing is None or existing.get_status(refresh=False) not in _ALIVE:
+            return None
+        try:
+            return read_job_argument(existing.args[0])
+        except Exception as exc:  # a job of ours we cannot read: replace it
+            log.error("cannot read job %s (%s); enqueueing it again", existing.id, exc)
+            existing.delete()
+            return None
+
+    def finish(self, key: GroupKey) -> None:
         """The group is complete: reruns still waiting in the queue are cancelled."""
-        for attempt in self.attempts.pop(group_index, [])[1:]:
+        for attempt in self.attempts.pop(key, [])[1:]:
             if attempt.ended_at is None and attempt.started_at is None:
                 job = fetch_job(attempt.id, self.queue.connection)
                 if job is not None and is_waiting_in_queue(self.queue, job.id):
                     job.cancel()
+
+    def cancel(self, key: GroupKey) -> None:
+        """The group will never train: every attempt is told to stop (a waiting one never
+        runs; a running one stops between turns, freeing its sandbox and policy slots)."""
+        attempts = self.attempts.pop(key, [])
+        if attempts:
+            cancel_group(self.queue, attempts[0].job, self.job_timeout_s)
 
     def ensure_enqueued(self, job: RolloutJob) -> bool:
         """Enqueue the attempt unless a live job with its id exists. True when newly enqueued."""
@@ -134,21 +159,21 @@ class Dispatcher:
         enqueue_group(self.queue, job, self.job_timeout_s, self.job_retries)
         return True
 
-    def reject(self, group_index: int, rollout_index: int, reason: str) -> None:
+    def reject(self, key: GroupKey, rollout_index: int, reason: str) -> None:
         """A result of this rollout could not be used: the attempts that sent it are done with
         it, so the next watch tick reruns it."""
-        for attempt in self.attempts.get(group_index, []):
+        for attempt in self.attempts.get(key, []):
             if rollout_index in attempt.job.indexes:
                 attempt.rejected[rollout_index] = reason
 
-    def watch(self, results: StepResults) -> dict[int, dict[int, ErrorInfo]]:
+    def watch(self, groups: dict[GroupKey, GroupResults]) -> dict[GroupKey, dict[int, ErrorInfo]]:
         """One pass over every attempt of the groups still missing rollouts: requeue lost jobs,
         rerun overdue rollouts; returns the rollouts failed for good (group -> index -> why)."""
-        failed: dict[int, dict[int, ErrorInfo]] = {}
+        failed: dict[GroupKey, dict[int, ErrorInfo]] = {}
         now = time.time()
         grace_s = self.lease_ttl_s / 2
-        for group_index, attempts in self.attempts.items():
-            missing = results.missing(group_index)
+        for key, attempts in self.attempts.items():
+            missing = groups[key].missing() if key in groups else []
             if not missing:
                 continue
             for attempt in attempts:
@@ -164,7 +189,7 @@ class Dispatcher:
             last = attempts[-1]
             reasons = {i: last.reason(i, self.deadline_s) for i in overdue}
             if len(attempts) > self.rollout_reruns:
-                failed[group_index] = reasons
+                failed[key] = reasons
                 continue
             rerun = last.job.model_copy(
                 update={
@@ -174,8 +199,8 @@ class Dispatcher:
                 }
             )
             log.warning(
-                "group %d: rerunning rollouts %s alone as %s (%s)",
-                group_index,
+                "group %s: rerunning rollouts %s alone as %s (%s)",
+                rerun.job_id,
                 overdue,
                 rerun.rq_job_id,
                 "; ".join(sorted({r.message for r in reasons.values()})),
@@ -185,17 +210,17 @@ class Dispatcher:
             self.reruns += len(overdue)
         return failed
 
-    def waiting_for(self, results: StepResults) -> list[str]:
+    def waiting_for(self, groups: dict[GroupKey, GroupResults]) -> list[str]:
         """What each incomplete group waits for, one line per group."""
         now = time.time()
         lines = []
-        for group_index, attempts in sorted(self.attempts.items()):
-            missing = results.missing(group_index)
+        for key, attempts in sorted(self.attempts.items()):
+            missing = groups[key].missing() if key in groups else []
             if not missing:
                 continue
             live = [a for a in attempts if a.ended_at is None] or attempts[-1:]
             states = ", ".join(_describe(a, now, self.deadline_s) for a in live)
-            lines.append(f"g{group_index} rollouts {missing}: {states}")
+            lines.append(f"s{key[0]}g{key[1]} rollouts {missing}: {states}")
         return lines
 
     def _refresh(self, attempt: Attempt, now: float) -> None:

@@ -1,9 +1,9 @@
-"""Gathering one step's rollouts: keep the queue fed, read results, watch every rollout.
+"""Gathering rollouts: the groups started and not yet settled, filled as results arrive.
 
 Every wait is bounded: the dispatcher reruns rollouts that do not arrive in time and reports them
-failed once their reruns are spent, so a step always completes. Results of a later step (a
-leftover of an earlier life of the trainer) are kept in memory and handed to that step; results
-of an earlier step are acknowledged away.
+failed once their reruns are spent, so every started group completes. Results of a group not
+started yet (a leftover of an earlier life of the trainer) are held until it starts; results of
+a settled group (trained, dropped or cancelled) are acknowledged away.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.wire import RolloutJob
-from trainer.collector import Received, ResultCollector
+from trainer.collector import Polled, Received, ResultCollector
 from trainer.dispatch import Dispatcher
-from trainer.groups import StepResults
+from trainer.groups import GroupKey, GroupResults, group_key
 from trainer.services import LocalServices
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,8 @@ log = logging.getLogger(__name__)
 POLL_MS = 500
 PROGRESS_EVERY_S = 5.0
 
+# step, phase, groups in flight, what they wait for
 StatusPublisher = Callable[[int, str, int, list[str]], None]
-
-
-@dataclass
-class GatherStats:
-    stale: int = 0  # results of a step already checkpointed
 
 
 @dataclass
@@ -38,77 +34,105 @@ class Gatherer:
     collector: ResultCollector
     dispatcher: Dispatcher
     services: LocalServices
-    rollouts_per_group: int
-    max_concurrent: int
     watch_every_s: float
+    is_settled: Callable[[GroupKey], bool]
     publish_status: StatusPublisher
-    later: dict[int, list[Received]] = field(default_factory=dict)  # step -> results held back
+    groups: dict[GroupKey, GroupResults] = field(default_factory=dict)  # started, unsettled
+    later: dict[GroupKey, list[Received]] = field(default_factory=dict)  # not started yet
+    stale_results: int = 0  # results of settled groups, acknowledged away
+    _next_watch: float = 0.0
+    _next_progress: float = 0.0
 
-    async def gather(self, step: int, jobs: list[RolloutJob]) -> tuple[StepResults, GatherStats]:
-        """Read results until every group of the step is complete (arrived or failed)."""
-        results = StepResults(step, len(jobs), self.rollouts_per_group)
-        stats = GatherStats()
-        for received in self.later.pop(step, []):
-            results.add(received.entry_id, received.result, received.trajectory)
-        max_jobs = max(1, self.max_concurrent // self.rollouts_per_group)
-        waiting = list(jobs)
-        in_flight: dict[int, RolloutJob] = {}
-        next_watch = next_progress = time.monotonic()
-        while not results.complete:
-            while waiting and len(in_flight) < max_jobs:
-                job = waiting.pop(0)
-                await asyncio.to_thread(self.dispatcher.start, job)
-                in_flight[job.group_index] = job
-            polled = await asyncio.to_thread(self.collector.poll, POLL_MS)
-            self._take(step, polled.received, results, stats)
-            for rejected in polled.rejected:
-                if rejected.step == step:
-                    self.dispatcher.reject(
-                        rejected.group_index, rejected.rollout_index, rejected.reason
-                    )
-            for group_index in [g for g in in_flight if results.group_complete(g)]:
-                del in_flight[group_index]
-                self.dispatcher.finish(group_index)
+    def start(self, job: RolloutJob) -> None:
+        """Enqueue (or adopt) the group's job and watch for its rollouts."""
+        group = GroupResults(self.dispatcher.start(job))
+        self.groups[group.key] = group
+        for received in self.later.pop(group.key, []):
+            group.add(received.entry_id, received.result, received.trajectory)
+        self._mark_complete(group)
 
-            now = time.monotonic()
-            if now >= next_watch:
-                next_watch = now + self.watch_every_s
-                self.services.check()
-                failed = await asyncio.to_thread(self.dispatcher.watch, results)
-                for group_index, rollouts in failed.items():
-                    for index, error in rollouts.items():
-                        log.error(
-                            "step %d group %d rollout %d failed for good: %s: %s",
-                            step, group_index, index, error.type, error.message,
-                        )  # fmt: skip
-                        results.fail_rollout(group_index, index, error)
-            if now >= next_progress:
-                next_progress = now + PROGRESS_EVERY_S
-                waiting_for = self.dispatcher.waiting_for(results)
-                self.publish_status(step, "gathering", len(in_flight), waiting_for)
-                log.info(
-                    "step %d | rollouts %d/%d (%d failed) | jobs in flight %d, waiting %d%s",
-                    step,
-                    results.received,
-                    len(jobs) * self.rollouts_per_group,
-                    results.failed,
-                    len(in_flight),
-                    len(waiting),
-                    "".join(f"\n  waiting for {line}" for line in waiting_for),
-                )
-        for group_index in list(in_flight):
-            self.dispatcher.finish(group_index)
-        return results, stats
+    @property
+    def in_flight(self) -> list[GroupResults]:
+        return [g for g in self.groups.values() if not g.complete]
 
-    def _take(
-        self, step: int, received: list[Received], results: StepResults, stats: GatherStats
-    ) -> None:
-        for item in received:
-            result = item.result
-            if result.step < step:  # a leftover of a step already checkpointed
-                stats.stale += 1
-                self.collector.ack([item.entry_id])
-            elif result.step > step:  # a later step's, from an earlier life: kept for it
-                self.later.setdefault(result.step, []).append(item)
-            else:
-                results.add(item.entry_id, result, item.trajectory)
+    def complete(self) -> list[GroupResults]:
+        """Complete groups, in the order they completed."""
+        done = [g for g in self.groups.values() if g.complete]
+        return sorted(done, key=lambda g: g.completed_at or 0.0)
+
+    def settle(self, key: GroupKey) -> list[str]:
+        """The group leaves (trained or dropped); returns its entries, to acknowledge once the
+        step that settled it is checkpointed."""
+        self.dispatcher.finish(key)
+        return self.groups.pop(key).entry_ids
+
+    def cancel(self, key: GroupKey) -> list[str]:
+        """The group will never train: its jobs are told to stop; returns its entries."""
+        self.dispatcher.cancel(key)
+        return self.groups.pop(key).entry_ids
+
+    async def read(self) -> Polled:
+        """Results not yet taken, waiting up to POLL_MS for new ones (in a thread: the event
+        loop, and a `train()` running in it, carry on meanwhile)."""
+        return await asyncio.to_thread(self.collector.poll, POLL_MS)
+
+    def take(self, polled: Polled, step: int, phase: str) -> None:
+        """File what was read, and every `watch_every_s` requeue lost jobs and rerun late
+        rollouts."""
+        for item in polled.received:
+            self._take(item)
+        for rejected in polled.rejected:
+            key = (rejected.step, rejected.group_index)
+            if key in self.groups:
+                self.dispatcher.reject(key, rejected.rollout_index, rejected.reason)
+        now = time.monotonic()
+        if now >= self._next_watch:
+            self._next_watch = now + self.watch_every_s
+            self.services.check()
+            failed = self.dispatcher.watch(self.groups)
+            for key, rollouts in failed.items():
+                group = self.groups[key]
+                for index, error in rollouts.items():
+                    log.error(
+                        "group %s rollout %d failed for good: %s: %s",
+                        group.job.job_id, index, error.type, error.message,
+                    )  # fmt: skip
+                    group.fail_rollout(index, error)
+                self._mark_complete(group)
+        if now >= self._next_progress:
+            self._next_progress = now + PROGRESS_EVERY_S
+            self._progress(step, phase)
+
+    def _take(self, item: Received) -> None:
+        key = group_key(item.result)
+        group = self.groups.get(key)
+        if group is not None:
+            group.add(item.entry_id, item.result, item.trajectory)
+            self._mark_complete(group)
+        elif self.is_settled(key):
+            self.stale_results += 1
+            self.collector.ack([item.entry_id])
+        else:  # an earlier life started this group; this one has not yet
+            self.later.setdefault(key, []).append(item)
+
+    def _mark_complete(self, group: GroupResults) -> None:
+        if group.complete and group.completed_at is None:
+            group.completed_at = time.monotonic()
+            self.dispatcher.finish(group.key)
+
+    def _progress(self, step: int, phase: str) -> None:
+        waiting_for = self.dispatcher.waiting_for(self.groups)
+        in_flight = self.in_flight
+        self.publish_status(step, phase, len(in_flight), waiting_for)
+        received = sum(len(g.results) for g in self.groups.values())
+        failed = sum(g.failed for g in self.groups.values())
+        log.info(
+            "step %d %s | groups: %d complete, %d in flight | rollouts %d received (%d failed)%s",
+            step,
+            phase,
+            len(self.groups) - len(in_flight),
+            len(in_flight),
+            received,
+            failed,
+            "".join(f"\n  waiting for {line}" for line in waiting_for),
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trainer.groups import StepResults
+from trainer.groups import GroupResults
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -15,38 +15,30 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def step_metrics(
-    results: StepResults,
+    groups: list[GroupResults],
     dropped: Counter[str],
     *,
     wait_s: float,
     train_s: float,
-    requeued_jobs: int,
-    stale_results: int,
-    dead_letters: int,
-    queue_depth: int,
 ) -> dict[str, float]:
-    real = [r for r in results.all_results() if r.job_id]  # not placeholders of dead jobs
+    """Figures of the groups a step took; the queue's own counters are added by the caller."""
+    every = [r for g in groups for r in g.results.values()]
+    real = [r for r in every if r.job_id]  # not placeholders of dead jobs
     latency = [r.finished_at - r.started_at for r in real]
     queue_wait = [r.started_at - r.enqueued_at for r in real]
     ok = [r.trajectory for r in real if r.trajectory is not None]
     grading = [float(t.metrics["grading_s"]) for t in ok if "grading_s" in t.metrics]
     metrics = {
         "pipeline/rollouts": float(len(real)),
-        "pipeline/failed_rollouts": float(results.failed),
+        "pipeline/failed_rollouts": float(sum(r.status == "failed" for r in every)),
         "pipeline/retried_rollouts": float(sum(r.attempts > 1 for r in real)),
-        "pipeline/duplicate_results": float(results.duplicates),
-        "pipeline/stale_results": float(stale_results),
-        "pipeline/dead_letters": float(dead_letters),
-        "pipeline/requeued_jobs": float(requeued_jobs),
-        "pipeline/groups_trained": float(results.groups - sum(dropped.values())),
-        "pipeline/groups_dropped": float(sum(dropped.values())),
+        "pipeline/duplicate_results": float(sum(g.duplicates for g in groups)),
         "pipeline/rollout_latency_p50_s": _percentile(latency, 0.5),
         "pipeline/rollout_latency_p99_s": _percentile(latency, 0.99),
         "pipeline/queue_wait_p50_s": _percentile(queue_wait, 0.5),
         "pipeline/queue_wait_p99_s": _percentile(queue_wait, 0.99),
         "pipeline/grading_latency_p50_s": _percentile(grading, 0.5),
         "pipeline/grading_latency_p99_s": _percentile(grading, 0.99),
-        "pipeline/queue_depth": float(queue_depth),
         "pipeline/step_wait_s": wait_s,
         "pipeline/step_train_s": train_s,
         # Unfinished rollouts and empty diffs: reward 0 without a grading (--grade-unfinished).

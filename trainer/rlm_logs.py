@@ -17,7 +17,6 @@ from typing import Any
 
 from common.wire import RolloutResult
 from rollout_workers.sub_agents import MAX_DEPTH
-from trainer.groups import StepResults
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_rlm_logs(results: StepResults, directory: Path, config_hash: str, max_steps: int) -> int:
+def write_rlm_logs(
+    results: list[RolloutResult], directory: Path, config_hash: str, max_steps: int
+) -> int:
     written = 0
-    for result in results.all_results():
+    for result in results:
         if not result.rlm_log:
             continue
         directory.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ SHAPE_FIELDS = (
     "dataset_size",
     "shuffle_seed",
     "num_epochs",
+    "over_provision",  # the width of a batch: which scenario a group number names
 )
 
 
@@ -41,12 +42,29 @@ def run_shape(config: ExperimentConfig) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class TrainingRecord:
+    """Written just before `backend.train()`: after a crash, a model step past `model_step`
+    says this call happened, and these groups are settled rather than trained again."""
+
+    step: int
+    groups: list[int]  # flat group numbers (see `Admission.number`)
+
+
+@dataclass(frozen=True)
 class PipelineState:
+    """Where the run stands. Groups are numbered in admission order (`Admission.number`):
+    every number below `admitted` was started; a started group is settled once trained,
+    dropped or cancelled, and numbers below `settled_below` (plus those in `settled`) are."""
+
     run_key: str  # names this run's jobs and streams in Redis; new for every fresh start
     last_completed_step: int  # -1 before the first step
     model_step: int  # the backend's checkpoint step after that step trained
     config_hash: str
     shape: dict[str, Any] = field(default_factory=dict)  # SHAPE_FIELDS at the start
+    admitted: int = 0
+    settled_below: int = 0
+    settled: list[int] = field(default_factory=list)  # settled numbers >= settled_below
+    training: TrainingRecord | None = None
 
     @classmethod
     def fresh(cls, run_id: str, model_step: int, config: ExperimentConfig) -> PipelineState:
@@ -57,8 +75,45 @@ class PipelineState:
             run_shape(config),
         )  # fmt: skip
 
-    def completed(self, step: int, model_step: int, config_hash: str) -> PipelineState:
-        return PipelineState(self.run_key, step, model_step, config_hash, dict(self.shape))
+    def is_settled(self, number: int) -> bool:
+        return number < self.settled_below or number in self.settled
+
+    def unsettled(self) -> list[int]:
+        """Groups started and not yet settled: in flight, or complete and waiting to train."""
+        return [n for n in range(self.settled_below, self.admitted) if n not in self.settled]
+
+    def numbered(self, width: int) -> PipelineState:
+        """A state written before groups were numbered (only whole steps were recorded): every
+        group of the steps it completed is settled."""
+        if self.admitted or self.last_completed_step < 0:
+            return self
+        done = self.next_step * width
+        return replace(self, admitted=done, settled_below=done)
+
+    def with_admitted(self, admitted: int) -> PipelineState:
+        return replace(self, admitted=admitted)
+
+    def training_started(self, step: int, groups: list[int]) -> PipelineState:
+        return replace(self, training=TrainingRecord(step, sorted(groups)))
+
+    def completed(
+        self, step: int, model_step: int, config_hash: str, settled: list[int]
+    ) -> PipelineState:
+        """The step is checkpointed: its groups, and those dropped or cancelled, are settled."""
+        done = set(self.settled) | set(settled)
+        below = self.settled_below
+        while below in done:
+            done.discard(below)
+            below += 1
+        return replace(
+            self,
+            last_completed_step=step,
+            model_step=model_step,
+            config_hash=config_hash,
+            settled_below=below,
+            settled=sorted(done),
+            training=None,
+        )
 
     @property
     def next_step(self) -> int:
@@ -67,7 +122,10 @@ class PipelineState:
     @classmethod
     def read(cls, model: Any) -> PipelineState | None:
         saved = (model.read_state() or {}).get(STATE_KEY)
-        return cls(**saved) if saved else None
+        if not saved:
+            return None
+        training = saved.pop("training", None)
+        return cls(**saved, training=TrainingRecord(**training) if training else None)
 
     def write(self, model: Any) -> None:
         model.merge_state({STATE_KEY: asdict(self)})

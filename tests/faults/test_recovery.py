@@ -17,14 +17,13 @@ from common import keys
 from common.config import ExperimentConfig
 from common.errors import ConfigError
 from common.queue import connect, fetch_job, rollout_queue
-from common.wire import ErrorInfo, PolicyRef, RolloutJob, RolloutLimits, Scenario, encode
+from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario, encode
 from rollout_workers.job import Lease
 from tests.conftest import ROOT
 from tests.test_groups import result
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.gather import Gatherer
-from trainer.groups import StepResults
 from trainer.services import LocalServices
 from trainer.state import PipelineState, check_resume
 from trainer.status import render_status
@@ -93,38 +92,38 @@ def _job(step: int, group: int) -> RolloutJob:
     )  # fmt: skip
 
 
-def test_results_of_a_later_step_are_kept_for_it(redis_url: str) -> None:
-    """Results of step 1 read while step 0 gathers (an earlier life of the trainer left them)
-    are handed to step 1, not left pending forever."""
+def test_results_of_a_group_not_started_yet_are_kept_for_it(redis_url: str) -> None:
+    """Results of groups this life of the trainer has not started yet (an earlier life left
+    them) are handed to each group when it starts, not left pending forever; results of a
+    settled group are acknowledged away."""
     redis = connect(redis_url)
     collector = ResultCollector(redis, "r")
-    for step in (1, 0):
+    for step in (1, 0, 2):
         for group in range(2):
             for index in range(3):
                 posted = result(group, index).model_copy(update={"step": step})
                 redis.xadd(keys.results_stream("r"), {"data": encode(posted)})
     dispatcher = Dispatcher(rollout_queue("rollouts", redis), 60, 0, 2)
-    gatherer = Gatherer(collector, dispatcher, LocalServices(redis_url), 3, 6, 1.0, lambda *a: None)
+    gatherer = Gatherer(
+        collector, dispatcher, LocalServices(redis_url), 1.0,
+        is_settled=lambda key: key[0] == 2, publish_status=lambda *a: None,
+    )  # fmt: skip
 
-    async def both_steps() -> list[StepResults]:
-        first, _ = await gatherer.gather(0, [_job(0, 0), _job(0, 1)])
-        second, _ = await gatherer.gather(1, [_job(1, 0), _job(1, 1)])
-        return [first, second]
+    async def read_all() -> None:
+        gatherer.start(_job(0, 0))
+        gatherer.start(_job(0, 1))
+        while len(gatherer.complete()) < 2:
+            gatherer.take(await gatherer.read(), 0, "gathering")
 
-    steps = asyncio.run(asyncio.wait_for(both_steps(), 20))
-    assert all(s.complete and s.received == 6 for s in steps)
-
-
-def test_an_ok_copy_beats_a_failed_one() -> None:
-    step = StepResults(step=0, groups=1, rollouts_per_group=3)
-    step.add("1", result(0, 0, failed=True))
-    step.add("2", result(0, 0))  # the job ran twice; the second run succeeded
-    step.add("3", result(0, 0, failed=True))
-    assert step.results[0][0].status == "ok" and step.duplicates == 2
-    step.fail_rollout(0, 1, ErrorInfo(type="RolloutDeadline", message="late"))
-    assert step.missing(0) == [2] and step.failed == 1
-    assert not step.add("4", result(0, 7)) and not step.add("5", result(3, 0))
-    assert step.missing(0) == [2] and step.out_of_range == 2, "never completes a group"
+    asyncio.run(asyncio.wait_for(read_all(), 20))
+    assert set(gatherer.later) == {(1, 0), (1, 1)}, "step 1's results held for it"
+    gatherer.start(_job(1, 0))
+    gatherer.start(_job(1, 1))
+    assert all(g.complete and len(g.results) == 3 for g in gatherer.groups.values())
+    assert len(gatherer.groups) == 4 and not gatherer.later
+    assert gatherer.stale_results == 6, "the settled step 2's results acknowledged away"
+    pending = redis.xpending(keys.results_stream("r"), keys.TRAINER_GROUP)["pending"]
+    assert pending == 12
 
 
 def test_resume_refuses_a_changed_run_shape(tmp_path: Path) -> None:
