@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ from common.prompts import task_message
 from common.wire import RolloutJob, WireHistory, WireItem
 from rollout_workers import sandbox
 from rollout_workers.context import Context
+from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import ContextOverflow, PolicyClient
 from rollout_workers.repl import ExecResult, Repl
 from rollout_workers.sub_agents import SubAgents
@@ -38,25 +38,6 @@ NUDGE = "No code block found. Write Python in a ```repl block, and call finish()
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-@dataclass
-class RolloutOutcome:
-    items: list[WireItem] = field(default_factory=list)
-    histories: list[WireHistory] = field(default_factory=list)
-    finished: bool = False
-    truncated: bool = False
-    steps: int = 0
-    sub_queries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    repl_time_s: float = 0.0
-    llm_time_s: float = 0.0
-    request_retries: int = 0
-    repl_restarts: int = 0
-    context_trims: int = 0  # each one started a new segment (an additional history)
-    diff: str = ""
-    iterations: list[dict[str, Any]] = field(default_factory=list)  # RLM visualizer lines
 
 
 async def run_rollout(

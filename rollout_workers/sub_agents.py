@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.prompts import sub_agent_system_prompt
 from common.wire import WireHistory, WireItem
 from rollout_workers.context import estimate_tokens
+from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import Completion, ContextOverflow, PolicyClient
 from rollout_workers.repl import Repl
 from rollout_workers.text import extract_code_blocks, observation, truncate_middle
-
-if TYPE_CHECKING:
-    from rollout_workers.rollout import RolloutOutcome
 
 MAX_DEPTH = 2
 SUB_AGENT_STEPS = 8

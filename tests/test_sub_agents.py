@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import inspect
+import sys
 import threading
 
 from common.wire import PolicyRef
@@ -148,3 +150,11 @@ def test_sub_agents_ask_down_to_depth_2_then_get_one_plain_completion() -> None:
     assert plain == [[{"role": "user", "content": "deeper?"}]]
     assert outcome.sub_queries == 3
     assert len(outcome.histories) == 3  # each sub-conversation trains
+
+
+def test_sub_agents_do_not_import_the_rollout_loop() -> None:
+    """No import cycle: both write to `rollout_workers.outcome`; neither imports the other."""
+    tree = ast.parse(inspect.getsource(sys.modules[SubAgents.__module__]))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "rollout_workers.rollout" not in imported
+    assert "rollout_workers.outcome" in imported

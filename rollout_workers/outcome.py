@@ -1,0 +1,31 @@
+"""`RolloutOutcome`: what one rollout did, filled in as it goes by the agent loop
+(`rollout_workers.rollout`) and the sub-agents it asks (`rollout_workers.sub_agents`).
+
+A module of its own so that both write to it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.wire import WireHistory, WireItem
+
+
+@dataclass
+class RolloutOutcome:
+    items: list[WireItem] = field(default_factory=list)
+    histories: list[WireHistory] = field(default_factory=list)
+    finished: bool = False
+    truncated: bool = False
+    steps: int = 0
+    sub_queries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    repl_time_s: float = 0.0
+    llm_time_s: float = 0.0
+    request_retries: int = 0
+    repl_restarts: int = 0
+    context_trims: int = 0  # each one started a new segment (an additional history)
+    diff: str = ""
+    iterations: list[dict[str, Any]] = field(default_factory=list)  # RLM visualizer lines
