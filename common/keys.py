@@ -29,6 +29,7 @@ def run_key_patterns(run_id: str) -> list[str]:
         f"{PREFIX}:{run_id}:*",
         f"{PREFIX}:posted:{run_id}-s*",
         f"{PREFIX}:lease:{run_id}-s*",
+        f"{PREFIX}:cancelled:{run_id}-s*",
         run_job_pattern(run_id),
         f"rq:results:{run_id}-s*",
     ]
@@ -52,6 +53,13 @@ def dead_letters(run_id: str) -> str:
 def job_lease(job_id: str) -> str:
     """Renewed by the worker running the job; when it expires the trainer requeues the job."""
     return f"{PREFIX}:lease:{job_id}"
+
+
+def group_cancelled(job_id: str) -> str:
+    """Set (with an expiry) once the trainer has settled a group without waiting for the rest:
+    workers running any attempt of it stop. Keyed by the group's job id, so it covers every
+    attempt (`attempt_job_id`)."""
+    return f"{PREFIX}:cancelled:{job_id}"
 
 
 def posted_rollouts(job_id: str) -> str:

@@ -9,6 +9,7 @@ connection rides out a Redis restart of up to `outage_s` seconds (redis-py's own
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 
 from redis import Redis
@@ -17,7 +18,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 from rq import Queue
 from rq import Retry as JobRetry
-from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -49,6 +50,11 @@ def connect(redis_url: str, outage_s: float = REDIS_OUTAGE_S) -> Redis:
 
 def rollout_queue(name: str, connection: Redis) -> Queue:
     return Queue(name, connection=connection, serializer=SERIALIZER)
+
+
+def eval_queue_name(queue_name: str) -> str:
+    """The queue of evaluation groups beside a rollout queue; workers serve it first."""
+    return f"{queue_name}-eval"
 
 
 def job_argument(job: RolloutJob) -> str:
@@ -120,3 +126,25 @@ def requeue_dequeued_job(queue: Queue, job: Job) -> None:
 def is_waiting_in_queue(queue: Queue, job_id: str) -> bool:
     """Whether the job id is on the queue's list itself (not taken by a worker yet)."""
     return queue.connection.lpos(queue.key, job_id) is not None
+
+
+def cancel_group(queue: Queue, job: RolloutJob, ttl_s: int) -> None:
+    """Cancel a group the trainer has settled: workers running any attempt of it stop at their
+    next check (`is_group_cancelled`) and post nothing; attempts still waiting in the queue are
+    cancelled in RQ, so no worker takes them. The key is set first: an attempt a worker takes
+    between the two steps still sees it when it starts."""
+    connection = queue.connection
+    connection.set(keys.group_cancelled(job.job_id), "1", ex=ttl_s)
+    attempt = 0
+    while (waiting := fetch_job(keys.attempt_job_id(job.job_id, attempt), connection)) is not None:
+        # The queue it waits in: `queue`, unless the attempt went to another (an eval group's).
+        origin = rollout_queue(waiting.origin, connection)
+        if is_waiting_in_queue(origin, waiting.id):
+            with contextlib.suppress(InvalidJobOperation):  # cancelled meanwhile by another call
+                waiting.cancel()
+        attempt += 1
+
+
+def is_group_cancelled(connection: Redis, job_id: str) -> bool:
+    """Whether the group (its job id, not an attempt's) was cancelled by `cancel_group`."""
+    return bool(connection.exists(keys.group_cancelled(job_id)))
