@@ -7,6 +7,10 @@ deletes the lease of the live one. Rollouts already posted by an earlier run of 
 skipped. An infrastructure failure that outlives its retries is posted as a failed rollout, never
 as reward 0. A rollout that never called `finish()`, or left no diff, is a model outcome: reward 0
 without a grading container, as in the original (`--grade-unfinished` grades it anyway).
+
+A group the trainer cancelled (`common.queue.cancel_group`) is not run when its job starts late;
+while it runs, its rollouts stop at their next turn, and nothing is graded or posted for them
+(the trainer has settled the group). The job still ends as finished, saying so in one line.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from common import keys
 from common.config import import_callable
 from common.errors import INFRASTRUCTURE_ERRORS, SandboxError
 from common.grading import GradeRequest
-from common.queue import read_job_argument
+from common.queue import is_group_cancelled, read_job_argument
 from common.rewards import RewardInput, exact_match
 from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireTrajectory, encode
 from grader.client import GraderClient
 from rollout_workers import policy
+from rollout_workers.cancel import GroupCancellation, RolloutCancelled
+from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import PolicyClient
-from rollout_workers.rollout import RolloutOutcome, run_rollout
+from rollout_workers.rollout import run_rollout
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,9 @@ def run_rollout_group(argument: str) -> dict[str, int]:
     """Entry point RQ calls. Returns counts for rq-dashboard; results go to the stream."""
     job = read_job_argument(argument)
     connection = get_current_job().connection
+    if is_group_cancelled(connection, job.job_id):
+        log.info("job %s: its group was cancelled before it started; nothing run", job.rq_job_id)
+        return {"posted": 0, "failed": 0, "cancelled": len(job.indexes)}
     lease = Lease(connection, job.rq_job_id, job.lease_ttl_s)
     lease.start()
     try:
@@ -73,10 +82,13 @@ async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
     grader = (
         GraderClient(job.grader_url, backoff_s=job.limits.retry_backoff_s) if job.grading else None
     )
+    cancellation = GroupCancellation(connection, job.job_id)
     try:
-        results = await asyncio.gather(
+        ended = await asyncio.gather(
             *(
-                _rollout_and_post(connection, job, i, client, grader, system_prompt, reward_fn)
+                _rollout_and_post(
+                    connection, job, i, client, grader, system_prompt, reward_fn, cancellation
+                )
                 for i in todo
             )
         )
@@ -84,7 +96,18 @@ async def _run_group(connection: Redis, job: RolloutJob) -> dict[str, int]:
         await client.aclose()
         if grader is not None:
             await grader.aclose()
-    return {"posted": len(results), "failed": sum(r.status == "failed" for r in results)}
+    results = [r for r in ended if r is not None]
+    cancelled = len(ended) - len(results)
+    if cancelled:
+        log.info(
+            "job %s: its group was cancelled; %d rollouts stopped unposted, %d posted before",
+            job.rq_job_id, cancelled, len(results),
+        )  # fmt: skip
+    return {
+        "posted": len(results),
+        "failed": sum(r.status == "failed" for r in results),
+        "cancelled": cancelled,
+    }
 
 
 async def _rollout_and_post(
@@ -95,7 +118,9 @@ async def _rollout_and_post(
     grader: GraderClient | None,
     system_prompt: str,
     reward_fn: Callable[[RewardInput], float],
-) -> RolloutResult:
+    cancellation: GroupCancellation | None = None,
+) -> RolloutResult | None:
+    """The rollout's result, posted; None when its group was cancelled (nothing posted)."""
     started = time.time()
     trajectory, error, attempts, outcome = None, None, 0, None
     rollout_id = keys.rollout_id(job.job_id, index)
@@ -106,11 +131,18 @@ async def _rollout_and_post(
         try:
             # Filled in as it goes: a rollout that fails still has its iterations to log.
             outcome = RolloutOutcome()
-            await run_rollout(job, client, system_prompt, record=record, outcome=outcome)
+            await run_rollout(
+                job, client, system_prompt, record=record, outcome=outcome,
+                cancellation=cancellation,
+            )  # fmt: skip
+            if cancellation is not None:
+                await cancellation.check()  # settled while it ran: no grading
             trajectory = await score(
                 job, outcome, grader, reward_fn, grade_unfinished=job.grade_unfinished
             )
             break
+        except RolloutCancelled:
+            return None
         except INFRASTRUCTURE_ERRORS as exc:
             # A sandbox that failed gets a fresh rollout; endpoint and grader errors were already
             # retried request by request, so they end the rollout as failed.
@@ -141,6 +173,8 @@ async def _rollout_and_post(
         finished_at=time.time(),
         rlm_log=outcome.iterations if record and outcome is not None else None,
     )
+    if cancellation is not None and await cancellation.is_set():
+        return None  # settled while it was graded: the trainer takes nothing more
     post_result(connection, job, result)
     return result
 

@@ -8,10 +8,11 @@ the next user message (a turn without code gets a short nudge). When the next re
 is trained as a segment of its own (an additional history), so every trained token sequence is
 one the model saw. The loop ends when the code calls `finish()`, after `max_steps` turns, or
 when even the system prompt, task and last turn pass the budget; the last two mark the rollout
-truncated. `llm_query` calls go to the same policy and are kept, with their Choices, as
-additional histories. Raw Choices are kept as they came. The outcome carries the diff of the
-working copy against the cached copy and, when sampled, the iterations in the RLM visualizer's
-format.
+truncated. Before each turn the rollout checks whether its group was cancelled
+(`rollout_workers.cancel`) and, if so, raises `RolloutCancelled`. `llm_query` calls go to the
+same policy and are kept, with their Choices, as additional histories. Raw Choices are kept as
+they came. The outcome carries the diff of the working copy against the cached copy and, when
+sampled, the iterations in the RLM visualizer's format.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from common.errors import SandboxError
 from common.prompts import task_message
 from common.wire import RolloutJob, WireHistory, WireItem
 from rollout_workers import sandbox
+from rollout_workers.cancel import GroupCancellation
 from rollout_workers.context import Context
 from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import ContextOverflow, PolicyClient
@@ -46,21 +48,25 @@ async def run_rollout(
     system_prompt: str,
     record: bool = False,
     outcome: RolloutOutcome | None = None,
+    cancellation: GroupCancellation | None = None,
 ) -> RolloutOutcome:
     """`outcome`: filled in as the rollout goes, so that a caller keeps what a rollout that
-    raised had done (its visualizer iterations)."""
+    raised had done (its visualizer iterations). `cancellation`: the group's cancel flag, checked
+    before every policy request (RolloutCancelled)."""
+    limits = job.limits
+    if cancellation is not None:  # a fresh try after a sandbox failure: no sandbox for nothing
+        await cancellation.check()
     workdir, original = make_working_copy(job.cache_dir, job.scenario.instance_id)
     outcome = outcome if outcome is not None else RolloutOutcome()
-    limits = job.limits
     sub_queries = SubAgents(
         client, outcome, limits.max_sub_queries, workdir, limits.code_timeout_s,
-        limits.max_output_chars,
+        limits.max_output_chars, cancellation=cancellation,
     )  # fmt: skip
     repl = Repl(workdir, sub_queries)
     sub_queries.repl = repl
     try:
         await repl.start()
-        await _loop(job, client, system_prompt, repl, outcome, sub_queries, record)
+        await _loop(job, client, system_prompt, repl, outcome, sub_queries, record, cancellation)
         outcome.repl_restarts = repl.restarts
         # Every sandbox process is gone before the working copy is read: nothing can swap a
         # file for a symlink or a FIFO under the diff, or keep writing while it runs.
@@ -85,6 +91,7 @@ async def _loop(
     outcome: RolloutOutcome,
     sub_queries: SubAgents,
     record: bool,
+    cancellation: GroupCancellation | None = None,
 ) -> None:
     limits = job.limits
     context = Context(
@@ -98,6 +105,8 @@ async def _loop(
     continuations: list[list[WireItem]] = []
     try:
         for iteration in range(1, limits.max_steps + 1):
+            if cancellation is not None:
+                await cancellation.check()
             began = time.monotonic()
             prompt = context.request()
             try:

@@ -6,7 +6,8 @@ without code is its answer. Sub-agents may ask further sub-agents down to `MAX_D
 question gets one plain completion. All share one budget (`--max-sub-queries`) per rollout. Each
 sub-conversation, Choices included, becomes an additional history of the trajectory, so it trains.
 `llm_query_batched` calls several at once (the REPL gathers them); the budget check and count
-happen before the first await, so concurrent calls never overspend it.
+happen before the first await, so concurrent calls never overspend it. Before each request a
+sub-agent checks whether the group was cancelled (`rollout_workers.cancel`), as the agent does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from common.prompts import sub_agent_system_prompt
 from common.wire import WireHistory, WireItem
+from rollout_workers.cancel import GroupCancellation
 from rollout_workers.context import estimate_tokens
 from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import Completion, ContextOverflow, PolicyClient
@@ -40,9 +42,11 @@ class SubAgents:
         code_timeout_s: float,
         max_output_chars: int,
         depth: int = 1,
+        cancellation: GroupCancellation | None = None,
     ) -> None:
         self.client, self.outcome, self.limit = client, outcome, limit
         self.workdir, self.depth = workdir, depth
+        self.cancellation = cancellation
         self.code_timeout_s, self.max_output_chars = code_timeout_s, max_output_chars
         self.repl: Repl | None = None  # the REPL whose code calls us: sub-REPLs share its uid
         self.calls: list[dict[str, Any]] = []  # of the current code block, for the visualizer
@@ -91,6 +95,8 @@ class SubAgents:
         """The reply, and the tokens the conversation now holds (the endpoint's count)."""
         if not items:
             items.extend(WireItem(kind="message", data=m) for m in messages)
+        if self.cancellation is not None:
+            await self.cancellation.check()  # raises RolloutCancelled: out through the REPL
         began = time.monotonic()
         try:
             completion = await self.client.complete(messages)
@@ -112,7 +118,7 @@ class SubAgents:
         ]
         deeper = SubAgents(
             self.client, self.outcome, self.limit, self.workdir, self.code_timeout_s,
-            self.max_output_chars, self.depth + 1,
+            self.max_output_chars, self.depth + 1, self.cancellation,
         )  # fmt: skip
         repl = Repl(self.workdir, deeper, allow_finish=False, parent=self.repl)
         deeper.repl = repl
