@@ -244,6 +244,7 @@ async def score(
         "request_retries": outcome.request_retries,
         "diff_lines": outcome.diff.count("\n"),
         "context_trims": outcome.context_trims,
+        "time_limited": 1.0 if outcome.time_limited else 0.0,
     }
     if skipped:
         metrics |= {"grading_skipped": True, "success": False}

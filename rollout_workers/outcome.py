@@ -18,6 +18,7 @@ class RolloutOutcome:
     histories: list[WireHistory] = field(default_factory=list)
     finished: bool = False
     truncated: bool = False
+    time_limited: bool = False  # truncated by --rollout-time-limit-s
     steps: int = 0
     sub_queries: int = 0
     prompt_tokens: int = 0

@@ -6,17 +6,20 @@ the next user message (a turn without code gets a short nudge). When the next re
 `max_context_tokens` (counted from the endpoint's usage), the oldest middle turns are dropped
 (`context.Context`); the conversation so far stays as it was sent, and the trimmed continuation
 is trained as a segment of its own (an additional history), so every trained token sequence is
-one the model saw. The loop ends when the code calls `finish()`, after `max_steps` turns, or
-when even the system prompt, task and last turn pass the budget; the last two mark the rollout
-truncated. Before each turn the rollout checks whether its group was cancelled
-(`rollout_workers.cancel`) and, if so, raises `RolloutCancelled`. `llm_query` calls go to the
-same policy and are kept, with their Choices, as additional histories. Raw Choices are kept as
-they came. The outcome carries the diff of the working copy against the cached copy and, when
-sampled, the iterations in the RLM visualizer's format.
+one the model saw. The loop ends when the code calls `finish()`, after `max_steps` turns, past
+`rollout_time_limit_s` of wall time, or when even the system prompt, task and last turn pass the
+budget; all but the first mark the rollout truncated. The time limit is checked between turns
+and also cuts whatever is in progress when it passes (a policy request, a code block, its
+sub-agents): nothing is waited for past it. Before each turn the rollout checks whether its group
+was cancelled (`rollout_workers.cancel`) and, if so, raises `RolloutCancelled`. `llm_query`
+calls go to the same policy and are kept, with their Choices, as additional histories. Raw
+Choices are kept as they came. The outcome carries the diff of the working copy against the
+cached copy and, when sampled, the iterations in the RLM visualizer's format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from datetime import UTC, datetime
@@ -54,6 +57,11 @@ async def run_rollout(
     raised had done (its visualizer iterations). `cancellation`: the group's cancel flag, checked
     before every policy request (RolloutCancelled)."""
     limits = job.limits
+    deadline = (  # the event loop's clock, which asyncio.timeout_at reads
+        None
+        if limits.rollout_time_limit_s is None
+        else asyncio.get_running_loop().time() + limits.rollout_time_limit_s
+    )
     if cancellation is not None:  # a fresh try after a sandbox failure: no sandbox for nothing
         await cancellation.check()
     workdir, original = make_working_copy(job.cache_dir, job.scenario.instance_id)
@@ -66,7 +74,18 @@ async def run_rollout(
     sub_queries.repl = repl
     try:
         await repl.start()
-        await _loop(job, client, system_prompt, repl, outcome, sub_queries, record, cancellation)
+        time_limit = asyncio.timeout_at(deadline)
+        try:
+            async with time_limit:
+                await _loop(
+                    job, client, system_prompt, repl, outcome, sub_queries, record, deadline,
+                    cancellation,
+                )  # fmt: skip
+        except TimeoutError:
+            if not time_limit.expired():
+                raise
+            # Cut mid-turn (a request, a code block): the REPL is closed below, as always.
+            outcome.truncated = outcome.time_limited = True
         outcome.repl_restarts = repl.restarts
         # Every sandbox process is gone before the working copy is read: nothing can swap a
         # file for a symlink or a FIFO under the diff, or keep writing while it runs.
@@ -91,9 +110,11 @@ async def _loop(
     outcome: RolloutOutcome,
     sub_queries: SubAgents,
     record: bool,
+    deadline: float | None = None,
     cancellation: GroupCancellation | None = None,
 ) -> None:
     limits = job.limits
+    clock = asyncio.get_running_loop()
     context = Context(
         [
             {"role": "system", "content": system_prompt},
@@ -107,6 +128,9 @@ async def _loop(
         for iteration in range(1, limits.max_steps + 1):
             if cancellation is not None:
                 await cancellation.check()
+            if deadline is not None and clock.time() >= deadline:
+                outcome.truncated = outcome.time_limited = True  # no more turns, as max_steps
+                return
             began = time.monotonic()
             prompt = context.request()
             try:
