@@ -1,6 +1,8 @@
 """`python -m rollout_workers`: start one stateless rollout worker.
 
-Flags are parsed before the heavy imports, so `--help` answers at once.
+Flags are parsed before the heavy imports, so `--help` answers at once. The worker serves the
+evaluation queue beside `--queue-name` first (RQ takes from its queues in order), so evaluation
+groups never wait behind training ones.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from common.health import HealthMonitor
-    from common.queue import SERIALIZER, connect, rollout_queue
+    from common.queue import SERIALIZER, connect, eval_queue_name, rollout_queue
     from rollout_workers.job import warm_up
     from rollout_workers.worker import RolloutWorker
 
@@ -46,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     name = (
         config.worker_name or f"rollout-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
+    queues = [
+        rollout_queue(eval_queue_name(config.queue_name), connection),
+        rollout_queue(config.queue_name, connection),
+    ]
     worker = RolloutWorker(
-        [rollout_queue(config.queue_name, connection)],
+        queues,
         connection=connection,
         name=name,
         serializer=SERIALIZER,
