@@ -37,7 +37,7 @@ from trainer.collector import Polled, ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.gather import Gatherer
 from trainer.groups import AssembledGroups, GroupResults, assemble_groups
-from trainer.record import StepRecord, record_step
+from trainer.record import StepRecord, ZeroVarianceWatch, record_step
 from trainer.retention import redis_used_memory_mb
 from trainer.setup import LoopSetup, open_run, public_url
 from trainer.state import PipelineState
@@ -91,6 +91,7 @@ class TrainingLoop:
         self._wait_s = 0.0  # how long the step in training waited for its groups
         self._assembled = AssembledGroups([], Counter())  # the step in training's groups
         self._counted: dict[str, int] = {}  # the queue's counters at the last step
+        self._zero_variance = ZeroVarianceWatch()
 
     async def run(self) -> PipelineState:
         await self._recover()
@@ -102,7 +103,6 @@ class TrainingLoop:
         taken: list[GroupResults] = []
         reading: asyncio.Task[Polled] | None = None
         while self.state.next_step < total_steps:
-            await self._admit(training is not None)
             if training is None and (batch := self._ready_batch()) is not None:
                 taken, training = batch, await self._start_training(batch)
                 if self.config.max_steps_off_policy == 0:
@@ -111,6 +111,7 @@ class TrainingLoop:
                 await self._finish_step(taken, training.result())
                 training, taken = None, []
                 continue
+            await self._admit(training is not None)
             reading = reading or asyncio.create_task(self.gatherer.read())
             waits = [reading] if training is None else [reading, training]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -150,13 +151,14 @@ class TrainingLoop:
         return None
 
     async def _start_training(self, batch: list[GroupResults]) -> asyncio.Task[Trained]:
-        numbers = [self.admission.number(g.key) for g in batch]
-        self.state = self.state.training_started(self.state.next_step, numbers)
-        self.state.write(self.setup.model)
         self._wait_s = time.monotonic() - self._idle_since
         self._assembled = assemble_groups(
             batch, self.config.truncated_rollouts == "mask", self.config.keep_zero_variance
         )
+        numbers = [self.admission.number(g.key) for g in batch]
+        trained = len(self._assembled.groups)
+        self.state = self.state.training_started(self.state.next_step, numbers, trained)
+        self.state.write(self.setup.model)
         self.setup.status.publish(
             self.state.next_step, "training", len(self.gatherer.in_flight), []
         )
@@ -196,6 +198,7 @@ class TrainingLoop:
             [self.state.model_step - g.policy_step for g in batch], cancelled,
             trained.metrics, trained.train_s,
         )  # fmt: skip
+        self._zero_variance.observe(step, dropped["zero_variance"], len(batch))
         await record_step(record, self.config, self.setup.model, self.setup.wandb,
                           self._queue_counters())  # fmt: skip
         state = self.state.completed(step, model_step, self.config.config_hash, settled)
@@ -215,6 +218,12 @@ class TrainingLoop:
             return
         log.warning("step %d trained before the trainer stopped; not training it again",
                     training.step)  # fmt: skip
+        metrics = {
+            "pipeline/groups_trained": float(training.trained),
+            "pipeline/groups_dropped": float(len(training.groups) - training.trained),
+            "pipeline/recovered_step": 1.0,  # its other figures died with the earlier life
+        }
+        await self.setup.model.log(None, split="train", metrics=metrics, step=model_step)
         state = self.state.completed(
             training.step, model_step, self.config.config_hash, training.groups
         )

@@ -35,6 +35,26 @@ class StepRecord:
     train_s: float = 0.0
 
 
+@dataclass
+class ZeroVarianceWatch:
+    """Warns when most groups of `steps` consecutive steps had all-equal rewards: a policy
+    that collapsed, or a reward or grader that is broken."""
+
+    steps: int = 3
+    recent: list[bool] = field(default_factory=list)  # per step: most groups zero-variance
+
+    def observe(self, step: int, zero_variance: int, groups: int) -> None:
+        self.recent = [*self.recent, groups > 0 and zero_variance * 2 > groups][-self.steps :]
+        if len(self.recent) == self.steps and all(self.recent):
+            log.warning(
+                "steps %d..%d: most groups had all-equal rewards (no GRPO signal, dropped): "
+                "has the policy collapsed, or is the reward or the grader broken? "
+                "(--keep-zero-variance trains them anyway)",
+                step - self.steps + 1,
+                step,
+            )
+
+
 async def record_step(
     record: StepRecord,
     config: ExperimentConfig,

@@ -48,6 +48,7 @@ class TrainingRecord:
 
     step: int
     groups: list[int]  # flat group numbers (see `Admission.number`)
+    trained: int = 0  # how many of them went to train() (the others were dropped)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class PipelineState:
         )  # fmt: skip
 
     def is_settled(self, number: int) -> bool:
+        """Trained, dropped or cancelled."""
         return number < self.settled_below or number in self.settled
 
     def unsettled(self) -> list[int]:
@@ -93,8 +95,8 @@ class PipelineState:
     def with_admitted(self, admitted: int) -> PipelineState:
         return replace(self, admitted=admitted)
 
-    def training_started(self, step: int, groups: list[int]) -> PipelineState:
-        return replace(self, training=TrainingRecord(step, sorted(groups)))
+    def training_started(self, step: int, groups: list[int], trained: int) -> PipelineState:
+        return replace(self, training=TrainingRecord(step, sorted(groups), trained))
 
     def completed(
         self, step: int, model_step: int, config_hash: str, settled: list[int]

@@ -1,7 +1,8 @@
 """The invariants every fault test asserts, whatever the fault: one shared check.
 
 - every step is trained exactly once (a step whose every group was dropped is logged, not trained);
-- every trained group is complete, with one scenario, and trainable;
+- every trained group is complete, with one scenario, and trainable, sampled from a policy at
+  most --max-steps-off-policy steps older than the one it trains;
 - no infrastructure failure is scored: failures only ever drop their group;
 - nothing is left running: no job started or taken off the queue, no lease, the trainer gone;
 - the wall time is bounded.
@@ -69,6 +70,7 @@ def assert_invariants(
     assert [c["step"] for c in calls] == list(range(1, len(trained_steps) + 1)), (
         "every step trained exactly once"
     )
+    off_policy = int(run.overrides.get("max_steps_off_policy", 0))
     scenarios: list[str] = []
     trainable: list[list[bool] | None] = []
     for call in calls:
@@ -79,11 +81,16 @@ def assert_invariants(
             # A real rollout reports its own metrics; a failure never became a trajectory.
             assert all("finished" in m and "steps" in m for m in group["metrics"])
             scenarios += group["instance_ids"]
+            staleness = call["step"] - 1 - min(group["policy_versions"])
+            assert 0 <= staleness <= off_policy, "a group trained within the staleness bound"
     assert len(scenarios) == len(set(scenarios)), "no scenario trained twice"
     assert_art_trainable(trainable)  # every trajectory has tokens ART trains on
     for row in rows:
-        assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] == run.groups
-        if row["pipeline/failed_rollouts"]:
+        # A step takes --groups-per-step complete groups; groups made too stale by the step
+        # before (asynchronous mode) are dropped beside them.
+        stale = row.get("pipeline/groups_dropped/stale", 0)
+        assert row["pipeline/groups_trained"] + row["pipeline/groups_dropped"] - stale == run.groups
+        if row.get("pipeline/failed_rollouts"):  # (a step recovered after a crash has none)
             dropped_for_failures = sum(
                 v for k, v in row.items() if k.startswith("pipeline/groups_dropped/failed_rollout")
             )

@@ -81,12 +81,21 @@ def test_worker_dies_between_dequeue_and_start(
     assert rows[0]["pipeline/requeued_jobs"] >= 1
 
 
+# S = --max-steps-off-policy: the synchronous loop, and the asynchronous one with every group of
+# the run started at once (so a kill always finds groups of several steps in flight).
+OFF_POLICY = pytest.mark.parametrize("off_policy", [0, 2], ids=["sync", "async-S2"])
+
+
+@OFF_POLICY
 def test_trainer_sigkill_mid_gather_resumes(
-    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes, off_policy: int
 ) -> None:
     redis = Redis.from_url(redis_url)
     with ScriptedLLM(delay_s=0.1) as llm:
-        run = FaultRun(redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=120)
+        run = FaultRun(
+            redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=120,
+            overrides={"max_steps_off_policy": off_policy},
+        )  # fmt: skip
         for name in ("a", "b"):
             processes.worker(redis_url, name)
         first = processes.trainer(run.args())
@@ -98,10 +107,19 @@ def test_trainer_sigkill_mid_gather_resumes(
         assert_invariants(run, second, processes.logs())
 
 
+@OFF_POLICY
 def test_trainer_sigkill_mid_train_trains_once(
-    redis_url: str, llm: ScriptedLLM, dataset: Path, tmp_path: Path, processes: Processes
+    redis_url: str,
+    llm: ScriptedLLM,
+    dataset: Path,
+    tmp_path: Path,
+    processes: Processes,
+    off_policy: int,
 ) -> None:
-    run = FaultRun(redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=120)
+    run = FaultRun(
+        redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=120,
+        overrides={"max_steps_off_policy": off_policy},
+    )  # fmt: skip
     processes.worker(redis_url, "a")
     first = processes.trainer(run.args(), env={CRASH_AFTER_TRAIN_ENV: "1"})
     assert first.wait(90) == 137, processes.logs()
