@@ -105,12 +105,28 @@ def tasks_from_rows(rows: Iterable[Mapping[str, Any]], limit: int | None) -> Loa
     return LoadedTasks(tasks, skipped)
 
 
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
 def load_rows(dataset: str, split: str, columns: Iterable[str] = COLUMNS) -> Any:
     """The dataset as a `datasets.Dataset` holding only `columns`."""
     import datasets  # heavy: imported only by the process that loads data
 
     path = Path(dataset)
-    if path.suffix in (".parquet", ".jsonl", ".json"):
+    if path.is_dir():  # a local dataset with a file per split, as on the hub
+        files = [p for p in sorted(path.glob(f"{split}.*")) if p.suffix in LOCAL_SUFFIXES]
+        if not files:
+            raise TaskError(
+                f"--dataset {dataset}: no {split}.jsonl or {split}.parquet in it (one file per "
+                "split)"
+            )
+        path = files[0]
+    elif path.suffix in LOCAL_SUFFIXES and split != "train":
+        raise TaskError(
+            f"--dataset {dataset} is one file, one split: for split {split!r} give a directory "
+            f"holding train.jsonl and {split}.jsonl"
+        )
+    if path.suffix in LOCAL_SUFFIXES:
         if not path.exists():
             raise TaskError(f"--dataset {dataset}: no such file; give a hub id or an existing file")
         builder = "parquet" if path.suffix == ".parquet" else "json"
@@ -124,7 +140,8 @@ def load_rows(dataset: str, split: str, columns: Iterable[str] = COLUMNS) -> Any
 
 
 def load_tasks(dataset: str, split: str, limit: int | None = None) -> LoadedTasks:
-    """Load tasks from the HF hub id `dataset`, or from a local .parquet/.jsonl file."""
+    """Load tasks from the HF hub id `dataset`, a local .parquet/.jsonl file (one split: train)
+    or a local directory of `<split>.jsonl`/`<split>.parquet` files."""
     loaded = tasks_from_rows(load_rows(dataset, split), limit)
     if not loaded.tasks:
         raise TaskError(f"--dataset {dataset}: no usable rows ({loaded.skipped_rows} skipped)")

@@ -80,3 +80,29 @@ def test_schedule_covers_each_epoch_once_and_resumes_exactly() -> None:
     assert [reshuffled.tasks_for_step(k) for k in range(3)] != steps[:3]
     with pytest.raises(IndexError):
         schedule.tasks_for_step(7)
+
+
+def test_a_directory_holds_a_file_per_split_and_a_file_holds_one(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_r2e_jsonl(data / "train.jsonl", rows=3)
+    with open(data / "dev.jsonl", "w") as handle:
+        handle.write(json.dumps(r2e_row(0, repo="devrepo")) + "\n")
+    assert len(load_tasks(str(data), "train").tasks) == 3
+    [dev] = load_tasks(str(data), "dev").tasks
+    assert dev.scenario.instance_id.startswith("devrepo")
+    with pytest.raises(TaskError, match="no test.jsonl or test.parquet"):
+        load_tasks(str(data), "test")
+    with pytest.raises(TaskError, match="one file, one split"):
+        load_tasks(str(data / "train.jsonl"), "dev")
+
+
+def test_over_provisioned_spares_are_other_tasks_and_the_same_after_a_restart() -> None:
+    tasks = [task_from_row(r2e_row(i)) for i in range(10)]
+    schedule = Schedule(tasks, groups_per_step=3, num_epochs=1, seed=4)
+    for step in range(schedule.total_steps):
+        own = {t.scenario.instance_id for t in schedule.tasks_for_step(step)}
+        spares = [t.scenario.instance_id for t in schedule.extra_tasks(step, 2)]
+        assert len(set(spares)) == 2 and not own & set(spares)
+        again = Schedule(tasks, groups_per_step=3, num_epochs=1, seed=4).extra_tasks(step, 2)
+        assert [t.scenario.instance_id for t in again] == spares

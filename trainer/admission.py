@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from common import keys
 from common.config import ExperimentConfig, callable_path
 from common.wire import PolicyRef, RolloutJob
-from producer import Schedule
+from producer import Schedule, Task
 from trainer.groups import GroupKey
 
 
@@ -57,33 +57,49 @@ class Admission:
 
     def job(self, number: int, policy: PolicyRef) -> RolloutJob:
         """The job of group `number`, sampling from `policy` (pinned: `name@step`)."""
-        config = self.config
         batch, index = self.key(number)
-        own = config.groups_per_step
+        own = self.config.groups_per_step
         task = (
             self.schedule.tasks_for_step(batch)[index]
             if index < own
-            else self.schedule.extra_tasks(batch, config.over_provision)[index - own]
+            else self.schedule.extra_tasks(batch, self.config.over_provision)[index - own]
         )
-        docker = config.grader == "docker"
-        return RolloutJob(
-            run_id=self.run_key,
-            job_id=keys.job_id(self.run_key, batch, index),
-            step=batch,
-            group_index=index,
-            rollouts_per_group=config.rollouts_per_group,
-            scenario=task.scenario,
-            grading=task.grading if docker else None,
-            grader_url=self.grader_url,
-            grading_timeout_s=config.grading_timeout_s,
-            cache_dir=config.cache_dir if docker else "",
-            policy=policy,
-            limits=config.rollout_limits(),
-            system_prompt_fn=callable_path(config.system_prompt_fn),
-            reward_fn=callable_path(config.reward_fn),
-            results_stream=keys.results_stream(self.run_key),
-            lease_ttl_s=config.lease_ttl_s,
-            log_sample_rate=config.log_sample_rate,
-            enqueued_at=time.time(),
-            grade_unfinished=config.grade_unfinished,
-        )
+        return build_job(
+            self.config, self.run_key, self.grader_url, (batch, index), task, policy,
+            self.config.rollouts_per_group,
+        )  # fmt: skip
+
+
+def build_job(
+    config: ExperimentConfig,
+    run_key: str,
+    grader_url: str,
+    key: GroupKey,
+    task: Task,
+    policy: PolicyRef,
+    rollouts: int,
+) -> RolloutJob:
+    """A group job: `rollouts` rollouts of `task` from `policy`, posted to `run_key`'s stream."""
+    batch, index = key
+    docker = config.grader == "docker"
+    return RolloutJob(
+        run_id=run_key,
+        job_id=keys.job_id(run_key, batch, index),
+        step=batch,
+        group_index=index,
+        rollouts_per_group=rollouts,
+        scenario=task.scenario,
+        grading=task.grading if docker else None,
+        grader_url=grader_url,
+        grading_timeout_s=config.grading_timeout_s,
+        cache_dir=config.cache_dir if docker else "",
+        policy=policy,
+        limits=config.rollout_limits(),
+        system_prompt_fn=callable_path(config.system_prompt_fn),
+        reward_fn=callable_path(config.reward_fn),
+        results_stream=keys.results_stream(run_key),
+        lease_ttl_s=config.lease_ttl_s,
+        log_sample_rate=config.log_sample_rate,
+        enqueued_at=time.time(),
+        grade_unfinished=config.grade_unfinished,
+    )

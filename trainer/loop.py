@@ -35,6 +35,7 @@ from trainer.admission import Admission
 from trainer.checkpoint import checkpoint
 from trainer.collector import Polled, ResultCollector
 from trainer.dispatch import Dispatcher
+from trainer.evaluate import Evaluator
 from trainer.gather import Gatherer
 from trainer.groups import AssembledGroups, GroupResults, assemble_groups
 from trainer.record import StepRecord, ZeroVarianceWatch, record_step
@@ -86,6 +87,9 @@ class TrainingLoop:
             lambda key: self.state.is_settled(self.admission.number(key)),
             setup.status.publish,
         )
+        self.evaluator = Evaluator.create(
+            config, setup.connection, state.run_key, setup.services, self.admission.grader_url
+        )
         self._policy: PolicyRef | None = None  # the policy new groups sample from
         self._idle_since = time.monotonic()  # the trainer's last train() ended
         self._wait_s = 0.0  # how long the step in training waited for its groups
@@ -98,6 +102,8 @@ class TrainingLoop:
         policy = await self._current_policy()
         for number in self.state.unsettled():  # an earlier life's groups: adopted, not rerun
             self.gatherer.start(self.admission.job(number, policy))
+        if self.evaluator is not None:
+            self.evaluator.start_if_due(policy)
         total_steps = self.setup.schedule.total_steps
         training: asyncio.Task[Trained] | None = None
         taken: list[GroupResults] = []
@@ -112,6 +118,8 @@ class TrainingLoop:
                 training, taken = None, []
                 continue
             await self._admit(training is not None)
+            if self.evaluator is not None:
+                await self.evaluator.poll(self.setup.model, self.setup.wandb)
             reading = reading or asyncio.create_task(self.gatherer.read())
             waits = [reading] if training is None else [reading, training]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -122,6 +130,8 @@ class TrainingLoop:
         if reading is not None:
             await reading
         self._cancel_leftovers()
+        if self.evaluator is not None:
+            await self.evaluator.drain(self.setup.model, self.setup.wandb)
         return self.state
 
     async def _admit(self, training: bool) -> None:
@@ -204,6 +214,8 @@ class TrainingLoop:
         state = self.state.completed(step, model_step, self.config.config_hash, settled)
         self.state = checkpoint(self.setup.model, state, self.collector, entry_ids)
         self._policy = None  # the next groups sample from the new checkpoint
+        if self.evaluator is not None:
+            self.evaluator.start_if_due(await self._current_policy())
 
     async def _recover(self) -> None:
         """A `train()` recorded before a crash whose checkpoint exists: its groups are

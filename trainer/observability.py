@@ -58,7 +58,11 @@ class WandbLogger:
         log.info("W&B offline (no WANDB_API_KEY): `wandb sync %s/wandb` uploads the run", directory)
 
     def log_step(
-        self, step: int, metrics: dict[str, float], groups: list[art.TrajectoryGroup]
+        self,
+        step: int,
+        metrics: dict[str, float],
+        groups: list[art.TrajectoryGroup],
+        split: str = "train",
     ) -> None:
         """Offline only: online, `model.log` has already sent these."""
         if self._offline is None:
@@ -66,11 +70,11 @@ class WandbLogger:
         trajectories = [t for group in groups for t in group.trajectories]
         summary = dict(metrics)
         if trajectories:
-            summary["train/reward"] = fmean(t.reward for t in trajectories)
+            summary[f"{split}/reward"] = fmean(t.reward for t in trajectories)
             for key in ("success", "finished", "steps", "prompt_tokens", "completion_tokens"):
                 values = [float(t.metrics[key]) for t in trajectories if key in t.metrics]
                 if values:
-                    summary[f"train/{key}"] = fmean(values)
+                    summary[f"{split}/{key}"] = fmean(values)
         self._offline.log({**summary, "training_step": step})
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from common.health import HealthMonitor
 from common.queue import connect
 from producer import Schedule, load_tasks
 from trainer.backend import build_backend, register_kwargs, train_kwargs
+from trainer.evaluate import eval_run_id
 from trainer.gateway import GATEWAY_TOKEN_ENV, Gateway
 from trainer.observability import WandbLogger
 from trainer.retention import expire_run_keys
@@ -53,7 +54,8 @@ class LoopSetup:
     def finished(self, state: PipelineState) -> None:
         """The run is over: its Redis keys expire after --keys-ttl-days."""
         log.info("training finished at step %d", state.last_completed_step)
-        expire_run_keys(self.connection, state.run_key, self.config.keys_ttl_days * 86400)
+        for run_id in (state.run_key, eval_run_id(state.run_key)):
+            expire_run_keys(self.connection, run_id, self.config.keys_ttl_days * 86400)
 
 
 @asynccontextmanager
