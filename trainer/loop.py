@@ -153,7 +153,10 @@ class TrainingLoop:
     def _ready_batch(self) -> list[GroupResults] | None:
         """The first `--groups-per-step` complete groups, once there are that many (fewer when
         no more can come)."""
-        complete = self.gatherer.complete()
+        # Never a group too stale to train (one adopted after a long stop, say): the next
+        # checkpoint drops it.
+        bound = self.state.model_step - self.config.max_steps_off_policy
+        complete = [g for g in self.gatherer.complete() if g.policy_step >= bound]
         wanted = self.config.groups_per_step
         exhausted = self.state.admitted >= self.admission.total and not self.gatherer.in_flight
         if len(complete) >= wanted or exhausted:
