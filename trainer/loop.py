@@ -99,12 +99,13 @@ class TrainingLoop:
 
     async def run(self) -> PipelineState:
         await self._recover()
+        total_steps = self.setup.schedule.total_steps
         policy = await self._current_policy()
-        for number in self.state.unsettled():  # an earlier life's groups: adopted, not rerun
-            self.gatherer.start(self.admission.job(number, policy))
+        if self.state.next_step < total_steps:
+            for number in self.state.unsettled():  # an earlier life's: adopted, not rerun
+                self.gatherer.start(self.admission.job(number, policy))
         if self.evaluator is not None:
             self.evaluator.start_if_due(policy)
-        total_steps = self.setup.schedule.total_steps
         training: asyncio.Task[Trained] | None = None
         taken: list[GroupResults] = []
         reading: asyncio.Task[Polled] | None = None
