@@ -1,38 +1,39 @@
 """Asynchronous training's utilisation, with CPU stand-ins for the GPU parts.
 
-The real trainer (`trainer.loop.run_training`, in this process) with its local RQ workers and a
-private Redis trains on the recording backend, whose `train()` sleeps a fixed simulated time
-(`RECORDING_BACKEND_TRAIN_S`), against the scripted LLM, whose per-request delay is lognormal
-(median --median-s, p99 = --p99-ratio x median, seeded). One run per case:
+The real trainer (`trainer.loop.run_training`, in this process), RQ rollout workers and a
+private Redis; the recording backend's `train()` sleeps a fixed time (`RECORDING_BACKEND_TRAIN_S`,
+--train-s) and the scripted LLM's per-request delay is lognormal (median --median-s, p99 =
+--p99-ratio x median, seeded). One run per case:
 
 - S = --max-steps-off-policy in --s (default 0, 1, 2);
 - over-provisioning off, or on with K = --over-provision (default groups_per_step / 2);
 - inference *available* during train() (dedicated mode: --trainer-gpu-ids 0
   --inference-gpu-ids 1) or *asleep* (shared-GPU mode: the trainer's gateway turns requests
-  away while train() runs). Both go through the gateway (--gateway-port).
+  away, 503 with Retry-After, while train() runs). Both go through the gateway. Here train()
+  is shorter than the gateway's Retry-After (5 s): a request turned away waits that out.
 
-Every case has the same rollout slots (--max-concurrent = --slots, default
-(groups_per_step + K) x rollouts_per_group, served by slots / rollouts_per_group workers) and the
-same delay distribution. Figures are over the steady state, from the end of the first train()
-to the end of the last (the pipeline's fill, start-up included, is shown apart as `fill s`):
+Every case has the same slots (--max-concurrent = --slots, default (groups_per_step + K) x
+rollouts_per_group), served by slots / rollouts_per_group workers started once for all cases.
+Figures are over the steady state, from the end of the first train() to the end of the last
+(`fill s`: from the trainer's start to the end of its first train()):
 
-- steps/h: (steps - 1) x 3600 / that window;
-- trainer idle: share of the window the trainer was not inside train() (the recording
-  backend's own start and end times);
+- trained steps: train() calls / steps logged (a step with no complete group trains nothing);
+- steps/h: (train() calls - 1) x 3600 / the window;
+- trainer idle: share of the window not inside train() (the recording backend's own times);
 - worker idle: 1 - (rollouts running, integrated over the window) / (slots x window), a
-  rollout running from its `started_at` to its `finished_at` (as posted to the results stream;
-  a rollout cancelled before it posts is not counted);
-- LLM idle: the same with requests in flight at the scripted LLM instead of rollouts running:
-  slots not generating (REPL, sandbox start and requests held by the sleeping gateway count idle);
+  rollout running from its `started_at` to its `finished_at` as posted to the results stream
+  (a rollout cancelled before it posts is not counted);
+- LLM idle: the same with requests in flight at the scripted LLM instead of rollouts running
+  (REPL time and requests turned away by the sleeping gateway count idle);
 - staleness: per trained rollout, the step it trained at minus the policy step that sampled it;
-- dropped: groups dropped, by reason (the trainer's `pipeline/groups_dropped/<reason>`);
-  cancelled: `pipeline/groups_cancelled`.
+- dropped: groups dropped, by reason (`pipeline/groups_dropped/<reason>`); cancelled:
+  `pipeline/groups_cancelled`.
 
-Zero-variance groups are kept (--keep-zero-variance) unless --drop-zero-variance, so every
-case trains the same number of groups per step. Target (reported, not asserted): S = 2 with
-over-provisioning and inference available: trainer idle < 10% and >= 2x the steps/h of S = 0.
+Zero-variance groups are kept (--keep-zero-variance) unless --drop-zero-variance. Target
+(reported, not asserted): S = 2, over-provisioned, inference available: trainer idle < 10% and
+>= 2x the steps/h of S = 0.
 
-    uv run python benchmarks/async_utilization.py [--steps 8] [--s 0,1,2] [--train-s 1.5]
+    uv run python benchmarks/async_utilization.py [--steps 8] [--s 0,1,2] [--train-s 1.0]
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from rq import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +69,7 @@ from common.config import ExperimentConfig  # noqa: E402
 from common.errors import WireError  # noqa: E402
 from common.flags import parse_config  # noqa: E402
 from common.log import setup_logging  # noqa: E402
+from common.queue import rollout_queue  # noqa: E402
 from common.wire import RolloutResult, decode  # noqa: E402
 from tests.dataset import write_r2e_jsonl  # noqa: E402
 from tests.fakes.recording_backend import TRAIN_S_ENV  # noqa: E402
@@ -75,6 +78,7 @@ from trainer.gateway import GATEWAY_TOKEN_ENV  # noqa: E402
 from trainer.services import free_port, start_redis_server  # noqa: E402
 
 GATEWAY_TOKEN = "async-utilization-benchmark-token"
+QUEUE = "async-utilization"
 
 
 @dataclass(frozen=True)
@@ -89,66 +93,41 @@ class Case:
         return f"S={self.s} K={self.over_provision} {mode}"
 
 
-class BusySampler:
-    """Samples the scripted LLM's `busy_seconds()` every few ms, so the request-seconds served
-    over any window of the run can be read afterwards."""
+class Meter:
+    """Measures one case from beside it, in a thread: the scripted LLM's `busy_seconds()`,
+    sampled every 20 ms, and every rollout's (started_at, finished_at), read from the results
+    streams created after the case began (plain XREAD, no consumer group: the trainer's reading
+    is untouched; it deletes an entry only once the step that used it is checkpointed)."""
 
-    def __init__(self, llm: ScriptedLLM, every_s: float = 0.02) -> None:
-        self.llm = llm
-        self.every_s = every_s
+    def __init__(self, llm: ScriptedLLM, connection: Redis) -> None:
+        self.llm, self.connection = llm, connection
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="busy-sampler", daemon=True)
-
-    def __enter__(self) -> BusySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self.llm.busy_seconds()))
-            self._stop.wait(self.every_s)
-
-    def at(self, when: float) -> float:
-        """Request-seconds served up to `when`, interpolated between samples."""
-        before = [s for s in self.samples if s[0] <= when] or self.samples[:1]
-        after = [s for s in self.samples if s[0] >= when] or self.samples[-1:]
-        (t0, b0), (t1, b1) = before[-1], after[0]
-        return b0 if t1 <= t0 else b0 + (b1 - b0) * (when - t0) / (t1 - t0)
-
-
-class RolloutSpans:
-    """Every rollout's (started_at, finished_at), read from the run's results stream as workers
-    post them (plain XREAD, no consumer group: the trainer's reading is untouched; the trainer
-    deletes an entry only after the step that used it is checkpointed)."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.connection = Redis.from_url(redis_url)
         self.spans: dict[tuple[str, int, float], tuple[float, float]] = {}
+        self._old = set(self._streams())
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rollout-spans", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="meter", daemon=True)
 
-    def __enter__(self) -> RolloutSpans:
+    def __enter__(self) -> Meter:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def _streams(self) -> list[bytes]:
+        return list(self.connection.scan_iter(match=f"{keys.PREFIX}:*:results", count=1000))
 
     def _run(self) -> None:
         cursors: dict[bytes, bytes] = {}
         while not self._stop.is_set():
-            for key in self.connection.scan_iter(match=f"{keys.PREFIX}:*:results", count=1000):
+            self.samples.append((time.time(), self.llm.busy_seconds()))
+            for key in set(self._streams()) - self._old:
                 cursors.setdefault(key, b"0-0")
             if not cursors:
-                self._stop.wait(0.05)
+                self._stop.wait(0.02)
                 continue
-            for stream, entries in self.connection.xread(cursors, block=100) or []:
+            for stream, entries in self.connection.xread(cursors, block=20) or []:
                 for entry_id, fields in entries:
                     cursors[stream] = entry_id
                     with contextlib.suppress(WireError, ValueError):
@@ -158,28 +137,58 @@ class RolloutSpans:
                             r.finished_at,
                         )
 
-    def busy(self, start: float, end: float) -> float:
+    def requests(self, start: float, end: float) -> float:
+        """Request-seconds the LLM served inside [start, end] (interpolated between samples)."""
+
+        def at(when: float) -> float:
+            before = [x for x in self.samples if x[0] <= when] or self.samples[:1]
+            after = [x for x in self.samples if x[0] >= when] or self.samples[-1:]
+            (t0, b0), (t1, b1) = before[-1], after[0]
+            return b0 if t1 <= t0 else b0 + (b1 - b0) * (when - t0) / (t1 - t0)
+
+        return at(end) - at(start)
+
+    def rollouts(self, start: float, end: float) -> float:
         """Rollout-seconds spent inside [start, end]."""
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.spans.values())
 
 
+class Workers:
+    """Rollout workers shared by every case (their start-up is paid once): the queue is emptied
+    and every worker idle before a case begins."""
+
+    def __init__(self, count: int, redis_url: str, log: Path) -> None:
+        self.redis_url, self.connection = redis_url, Redis.from_url(redis_url)
+        self.log = open(log, "a")  # noqa: SIM115 (closed in stop)
+        command = [sys.executable, "-m", "rollout_workers", "--redis-url", redis_url]
+        self.processes = [
+            subprocess.Popen([*command, "--queue-name", QUEUE], stdout=self.log, stderr=self.log)
+            for _ in range(count)
+        ]
+        self.wait_idle(count, timeout_s=120)
+
+    def wait_idle(self, count: int, timeout_s: float = 60) -> None:
+        rollout_queue(QUEUE, self.connection).empty()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"a rollout worker exited; see {self.log.name}")
+            found = Worker.all(connection=self.connection)
+            if len(found) >= count and all(w.get_state() == "idle" for w in found):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"rollout workers not idle after {timeout_s}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(30)
+        self.log.close()
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-@contextlib.contextmanager
-def stderr_to(path: Path) -> Iterator[None]:
-    """Send fd 2 (this process's logs and the local workers', which inherit it) to `path`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def trainer_flags(
@@ -198,7 +207,8 @@ def trainer_flags(
         "--groups-per-step": str(args.groups_per_step),
         "--rollouts-per-group": str(args.rollouts_per_group),
         "--max-concurrent": str(args.slots),
-        "--local-workers": str(args.slots // args.rollouts_per_group),
+        "--local-workers": "0",
+        "--queue-name": QUEUE,
         "--max-steps": str(args.turns),
         "--grader": "none",
         "--reward-fn": "common.rewards:finished_reward",
@@ -219,28 +229,25 @@ def trainer_flags(
 
 
 def run_case(
-    args: argparse.Namespace, case: Case, llm: ScriptedLLM, redis_url: str, workdir: Path
+    args: argparse.Namespace, case: Case, llm: ScriptedLLM, workers: Workers, workdir: Path
 ) -> dict[str, Any]:
     from trainer.loop import run_training
 
-    Redis.from_url(redis_url).flushdb()
+    workers.wait_idle(len(workers.processes))  # nothing left running from the case before
     art = workdir / case.label.replace(" ", "_").replace("=", "")
-    dataset = write_r2e_jsonl(workdir / "r2e.jsonl", rows=args.steps * args.groups_per_step * 2)
+    dataset = write_r2e_jsonl(workdir / "r2e.jsonl", rows=args.steps * args.groups_per_step)
+    redis_url = workers.redis_url
     argv = trainer_flags(args, case, redis_url, llm.url, dataset, art)
     config = parse_config(argv, ExperimentConfig, "trainer")
+    logging.getLogger("benchmark").info("case %s: %s", case.label, " ".join(argv))
     started = time.time()
-    with (
-        BusySampler(llm) as busy,
-        RolloutSpans(redis_url) as spans,
-        stderr_to(workdir / "trainer.log"),
-    ):
-        logging.getLogger("benchmark").info("case %s: %s", case.label, " ".join(argv))
+    with Meter(llm, workers.connection) as meter:
         asyncio.run(run_training(config))
     calls = read_jsonl(config.model_dir / "train_calls.jsonl")
     history = [
         h for h in read_jsonl(config.model_dir / "history.jsonl") if "pipeline/rollouts" in h
     ]
-    return summarise(args, case, calls, history, busy, spans, started)
+    return summarise(args, case, calls, history, meter, started)
 
 
 def summarise(
@@ -248,15 +255,16 @@ def summarise(
     case: Case,
     calls: list[dict[str, Any]],
     history: list[dict[str, Any]],
-    busy: BusySampler,
-    spans: RolloutSpans,
+    meter: Meter,
     started: float,
 ) -> dict[str, Any]:
-    first_end, last_end = calls[0]["finished_at"], calls[-1]["finished_at"]
+    ends = [c["finished_at"] for c in calls] or [started]
+    first_end, last_end = ends[0], ends[-1]
     window = last_end - first_end
+    nan = float("nan")
     training = sum(c["finished_at"] - c["started_at"] for c in calls[1:])
-    served = busy.at(last_end) - busy.at(first_end)
-    rolling = spans.busy(first_end, last_end)
+    served = meter.requests(first_end, last_end)
+    rolling = meter.rollouts(first_end, last_end)
     staleness = [
         call["step"] - 1 - version
         for call in calls
@@ -271,13 +279,13 @@ def summarise(
     cancelled = sum(int(row.get("pipeline/groups_cancelled", 0)) for row in history)
     return {
         "case": case.label,
-        "steps": len(calls),
+        "trained steps": f"{len(calls)}/{len(history)}",
         "fill s": first_end - started,
-        "steps/h": (len(calls) - 1) * 3600 / window if window > 0 else float("nan"),
-        "trainer idle": 1 - training / window if window > 0 else float("nan"),
-        "worker idle": 1 - rolling / (args.slots * window) if window > 0 else float("nan"),
-        "LLM idle": 1 - served / (args.slots * window) if window > 0 else float("nan"),
-        "staleness mean": statistics.fmean(staleness) if staleness else float("nan"),
+        "steps/h": (len(calls) - 1) * 3600 / window if window > 0 else nan,
+        "trainer idle": 1 - training / window if window > 0 else nan,
+        "worker idle": 1 - rolling / (args.slots * window) if window > 0 else nan,
+        "LLM idle": 1 - served / (args.slots * window) if window > 0 else nan,
+        "staleness mean": statistics.fmean(staleness) if staleness else nan,
         "staleness max": max(staleness, default=0),
         "dropped": ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "-",
         "cancelled": cancelled,
@@ -326,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, help="rollout slots; default (G + K) x rollouts")
     parser.add_argument("--median-s", type=float, default=0.075, help="median LLM request delay")
     parser.add_argument("--p99-ratio", type=float, default=10.0, help="p99 / median of the delay")
-    parser.add_argument("--train-s", type=float, default=1.5, help="simulated train() time")
+    parser.add_argument("--train-s", type=float, default=1.0, help="simulated train() time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the delays and the script")
     parser.add_argument("--drop-zero-variance", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the logs and ART directories")
@@ -356,15 +364,21 @@ def main() -> None:
     redis, redis_url = start_redis_server(workdir / "redis", appendonly=False)
     rows: list[dict[str, Any]] = []
     setup_logging()
-    failed = True
+    log = open(workdir / "trainer.log", "a")  # noqa: SIM115 (closed below)
+    logging.getLogger().handlers[0].setStream(log)  # type: ignore[attr-defined]
+    failed, workers = True, None
     try:
+        workers = Workers(args.slots // args.rollouts_per_group, redis_url, workdir / "workers.log")
         delay = lognormal_delay(args.median_s, args.p99_ratio)
         with ScriptedLLM(delay_fn=delay, seed=args.seed) as llm:
             for case in cases:
                 print(f"running {case.label} ...", flush=True)
-                rows.append(run_case(args, case, llm, redis_url, workdir))
+                rows.append(run_case(args, case, llm, workers, workdir))
         failed = False
     finally:
+        if workers is not None:
+            workers.stop()
+        log.close()
         redis.terminate()
         redis.wait(10)
         if failed or args.keep:
