@@ -105,24 +105,53 @@ def _unpack_ids(data: Any, count: int) -> array:
     return _from_bytes("i", data, count)
 
 
-def _pack_tokens(tokens: list[Any], packed: dict[str, Any]) -> None:
+def _pack_tokens(tokens: list[Any], packed: dict[str, Any], hint: Any) -> None:
     if set(map(type, tokens)) != {str}:
         raise PackError("tokens that are not strings")
     joined = "\0".join(tokens)
     if joined.startswith(_PREFIX):
-        try:
-            ids = list(map(int, joined[len(_PREFIX) :].split(_SEPARATOR)))
-            # int() also reads "+5", " 5", "5_0", "٥": only the canonical spelling is packed
-            if len(ids) == len(tokens) and _token_text(ids) == joined:
+        ids = _spelled_ids(joined, len(tokens), hint)
+        if ids is not None:
+            try:
                 packed["ids"] = _pack_ids(ids)
                 return
-        except (ValueError, OverflowError):
-            pass  # not token_id:N, or outside int32
+            except OverflowError:
+                pass  # outside int32
     packed["tok"] = tokens
 
 
+def _spelled_ids(joined: str, count: int, hint: Any) -> list[int] | None:
+    """The ids whose canonical `token_id:N` spellings, joined, are `joined`; or None. vLLM's
+    `token_ids` field (`hint`) usually holds them: checking it is a third of parsing."""
+    hinted = type(hint) is list and len(hint) == count and set(map(type, hint)) == {int}
+    if hinted and _token_text(hint) == joined:
+        return hint
+    try:
+        ids = list(map(int, joined[len(_PREFIX) :].split(_SEPARATOR)))
+    except ValueError:
+        return None  # not token_id:N
+    # int() also reads "+5", " 5", "5_0", "٥": only the canonical spelling is packed
+    return ids if len(ids) == count and _token_text(ids) == joined else None
+
+
 def _token_text(ids: list[int]) -> str:
-    return _PREFIX + _SEPARATOR.join(map(str, ids))
+    return "\0".join(token_strings(ids))
+
+
+_SPELLINGS: dict[int, str] = {}  # token id -> "token_id:N"
+_SPELLINGS_KEPT = 1 << 18  # more than a vocabulary
+
+
+def token_strings(ids: list[int]) -> list[str]:
+    """`token_id:N` for each id. Strings are immutable: one string per id, kept for every
+    later token with that id (a vocabulary's worth: ~20 MB), costs a third of spelling it."""
+    tokens = list(map(_SPELLINGS.get, ids))
+    if not all(tokens):
+        tokens = (_PREFIX + _SEPARATOR.join(map(str, ids))).split("\0")
+        if len(_SPELLINGS) > _SPELLINGS_KEPT:
+            _SPELLINGS.clear()
+        _SPELLINGS.update(zip(ids, tokens, strict=True))
+    return tokens
 
 
 def _pack_floats(values: list[Any], packed: dict[str, Any]) -> None:
@@ -144,21 +173,21 @@ def _pack_bytes(lists: list[Any], packed: dict[str, Any], content: Any) -> None:
     # bytes() raises for anything but 0..255 (it takes bools as pydantic's int fields do)
     if NoneType in types:
         packed["bn"] = bytes([b is None for b in lists])
-        blobs = [b"" if b is None else bytes(b) for b in lists]
-    else:
-        blobs = list(map(bytes, lists))
-    lengths = list(map(len, blobs))
+        lists = [[] if b is None else b for b in lists]
+    lengths = list(map(len, lists))
     packed["bl"] = _to_bytes(array("B" if max(lengths) < 256 else "I", lengths))
-    blob = b"".join(blobs)
+    blob = bytes(chain.from_iterable(lists))
     if not (isinstance(content, str) and content.encode("utf-8", "surrogatepass") == blob):
         packed["bb"] = blob
 
 
-def _pack_entries(entries: list[Any], keys: tuple[str, ...], content: Any) -> dict[str, Any]:
+def _pack_entries(
+    entries: list[Any], keys: tuple[str, ...], content: Any, hint: Any = None
+) -> dict[str, Any]:
     if set(map(type, entries)) != {dict} or set(map(len, entries)) != {len(keys)}:
         raise PackError("not vLLM's per-token shape")  # then KeyError if a key is not ours
     packed: dict[str, Any] = {"n": len(entries)}
-    _pack_tokens(list(map(itemgetter("token"), entries)), packed)
+    _pack_tokens(list(map(itemgetter("token"), entries)), packed, hint)
     _pack_floats(list(map(itemgetter("logprob"), entries)), packed)
     _pack_bytes(list(map(itemgetter("bytes"), entries)), packed, content)
     return packed
@@ -173,7 +202,7 @@ def pack_choice(choice: dict[str, Any]) -> dict[str, Any]:
     message = choice.get("message")
     text = message.get("content") if type(message) is dict else None
     try:
-        packed = _pack_entries(content, _TOKEN_KEYS, text)
+        packed = _pack_entries(content, _TOKEN_KEYS, text, choice.get("token_ids"))
         tops = list(map(itemgetter("top_logprobs"), content))
         if set(map(type, tops)) != {list}:
             raise PackError("top_logprobs that are not lists")
@@ -222,7 +251,7 @@ class Columns:
         if type(count) is not int or count < 0:
             raise PackError("packed entries without a count")
         if "ids" in packed:
-            self.tokens: list[Any] = _token_text(_ids(packed).tolist()).split("\0")
+            self.tokens: list[Any] = token_strings(_ids(packed).tolist())
         elif (
             type(packed.get("tok")) is list
             and len(packed["tok"]) == count
@@ -253,9 +282,9 @@ class Columns:
         ends = list(accumulate(lengths))
         if not isinstance(blob, bytes) or (ends[-1] if ends else 0) != len(blob):
             raise PackError("token bytes do not add up to their blob")
-        starts = [0, *ends[:-1]]
+        # slices of one list of the blob's ints: a new list per token, no bytes object between
         out: list[list[int] | None] = list(
-            map(list, map(blob.__getitem__, map(slice, starts, ends)))
+            map(list(blob).__getitem__, map(slice, [0, *ends[:-1]], ends))
         )
         if "bn" in packed:
             mask = packed["bn"]

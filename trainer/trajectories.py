@@ -37,6 +37,7 @@ _SET_PRIVATE = _SLOTS["__pydantic_private__"].__set__
 # Shared by every object built here: all fields are set, so pydantic never adds to it.
 _TOKEN_FIELDS = set(ChatCompletionTokenLogprob.model_fields)
 _TOP_FIELDS = set(TopLogprob.model_fields)
+_NO_EXTRA: dict[str, Any] = {}  # copied: each object has its own, as validation gives
 
 
 def _build(cls: type[BaseModel], fields: set[str], values: list[dict[str, Any]]) -> list[Any]:
@@ -46,7 +47,7 @@ def _build(cls: type[BaseModel], fields: set[str], values: list[dict[str, Any]])
     objects = list(map(_new, repeat(cls, count)))
     deque(map(_SET_DICT, objects, values), 0)
     deque(map(_SET_FIELDS, objects, repeat(fields, count)), 0)
-    deque(map(_SET_EXTRA, objects, [{} for _ in range(count)]), 0)
+    deque(map(_SET_EXTRA, objects, map(dict.copy, repeat(_NO_EXTRA, count))), 0)
     deque(map(_SET_PRIVATE, objects, repeat(None, count)), 0)
     return objects
 
