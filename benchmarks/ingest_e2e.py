@@ -4,10 +4,11 @@ million completion tokens, response parsing included.
 The scripted LLM (its own process, not counted) answers `--turns` turns of `--tokens` tokens
 each. This process plays the local worker and the trainer: `PolicyClient.complete` (HTTP, JSON
 parsing, `check_choice`), a `WireTrajectory` of those choices, `encode`, XADD to a fresh Redis,
-then `ResultCollector.poll` (decode, ART objects). Its CPU time (all threads) is the trainer's
-plus the worker's; Redis's own `total_net_input_bytes` is what it received.
+then `ResultCollector.poll` (its reader and builder threads decode and build ART's objects).
+Its CPU time (all threads) is the trainer's plus the worker's; Redis's own
+`total_net_input_bytes` is what it received.
 
-    uv run python benchmarks/ingest_e2e.py [--turns 8] [--tokens 4000] [--rollouts 4] [--version 3]
+    uv run python benchmarks/ingest_e2e.py [--turns 8] [--tokens 4000] [--rollouts 4] [--version 4]
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ async def rollouts(args: argparse.Namespace, endpoint: str, url: str) -> tuple[i
         assert received[0].trajectory is not None
         collector.ack([received[0].entry_id])
     cpu = time.process_time() - cpu0
+    collector.close()
     await client.aclose()
     return tokens, cpu
 
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=4000)
     parser.add_argument("--rollouts", type=int, default=4)
-    parser.add_argument("--version", type=int, default=3, choices=[2, 3])
+    parser.add_argument("--version", type=int, default=4, choices=[2, 3, 4])
     args = parser.parse_args()
     port = free_port()
     llm = subprocess.Popen(

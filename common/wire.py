@@ -9,12 +9,18 @@ Trajectories travel as `WireTrajectory`: each item of `messages_and_choices` is 
 the trainer can rebuild the exact `Choice` objects ART trains on. From version 3 a choice crosses
 the wire packed (`common.packed`: per-token data as typed arrays, not one map per token) and
 decodes as kind `packed`, unpacked only when the trainer builds ART's objects from it
-(`WireItem.choice()` gives the raw dict back). Versions 1 and 2 still decode.
+(`WireItem.choice()` gives the raw dict back). From version 4 a large body is compressed
+without its token ids and logprobs: those arrays (7 of ~9 bytes a token) barely compress (a
+large vocabulary's ids, float32 logprobs), and zlib spent three quarters of its time on them;
+they travel beside it, referenced from the body by msgpack extension values (when a sample of
+them does compress, they stay inside). Versions 1 to 3 still decode.
 """
 
 from __future__ import annotations
 
+import struct
 import zlib
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import msgpack
@@ -26,9 +32,17 @@ from common.packed import no_gc, pack_choice, unpack_choice
 
 # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
 # 3: choices packed (per-token arrays, common.packed); a large body may be zlib-compressed
-SCHEMA_VERSION = 3
-DECODABLE_VERSIONS = (1, 2, 3)
+# 4: a compressed body's token ids and logprobs travel beside it, uncompressed ("arrays")
+SCHEMA_VERSION = 4
+DECODABLE_VERSIONS = (1, 2, 3, 4)
 COMPRESS_OVER = 64 * 1024  # bodies larger than this travel zlib-compressed when it pays
+SAMPLE_BYTES = 256  # of each array, to judge whether the arrays compress
+ARRAY_EXT = 1  # msgpack extension type: a reference to the envelope's arrays (uint32 index)
+_INDEX = struct.Struct("<I")
+_ARRAY_KEYS = ("ids", "lp")  # packed fields that do not compress
+_BODY = frozenset({"v", "type", "body"})
+_ZBODY_V3 = frozenset({"v", "type", "zbody"})
+_ZBODY = frozenset({"v", "type", "zbody", "arrays"})
 
 
 class _Wire(BaseModel):
@@ -173,58 +187,119 @@ _TYPES: dict[str, type[_Wire]] = {"rollout_job": RolloutJob, "rollout_result": R
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
-def _items(items: list[WireItem]) -> list[dict[str, Any]]:
+class _Arrays:
+    """Packed per-token arrays taken out of a body (replaced there by references), with the
+    places they came from so that a body that stays small can have them back inline."""
+
+    def __init__(self) -> None:
+        self.arrays: list[bytes] = []
+        self._places: list[tuple[dict[str, Any], str]] = []
+
+    def take(self, packed: dict[str, Any]) -> dict[str, Any]:
+        for place in (packed, packed.get("top")):
+            for key in _ARRAY_KEYS:
+                if type(place) is dict and key in place:
+                    self._places.append((place, key))
+                    index = _INDEX.pack(len(self.arrays))
+                    self.arrays.append(place[key])
+                    place[key] = msgpack.ExtType(ARRAY_EXT, index)
+        return packed
+
+    def restore(self) -> None:
+        for (place, key), array in zip(self._places, self.arrays, strict=True):
+            place[key] = array
+        self.arrays, self._places = [], []
+
+
+def _items(items: list[WireItem], arrays: _Arrays) -> list[dict[str, Any]]:
     return [
-        {"kind": "packed", "data": pack_choice(i.data)}
+        {"kind": "packed", "data": arrays.take(pack_choice(i.data))}
         if i.kind == "choice"
         else {"kind": i.kind, "data": i.data}
         for i in items
     ]
 
 
-def _trajectory_body(trajectory: WireTrajectory) -> dict[str, Any]:
+def _trajectory_body(trajectory: WireTrajectory, arrays: _Arrays) -> dict[str, Any]:
     """model_dump without copying every per-token dict, choices packed."""
     body = trajectory.model_dump(exclude={"messages_and_choices", "additional_histories"})
-    body["messages_and_choices"] = _items(trajectory.messages_and_choices)
+    body["messages_and_choices"] = _items(trajectory.messages_and_choices, arrays)
     body["additional_histories"] = [
-        {"messages_and_choices": _items(h.messages_and_choices), "tools": h.tools}
+        {"messages_and_choices": _items(h.messages_and_choices, arrays), "tools": h.tools}
         for h in trajectory.additional_histories
     ]
     return {name: body[name] for name in WireTrajectory.model_fields}
 
 
-def _body(message: _Wire) -> dict[str, Any]:
+def _body(message: _Wire, arrays: _Arrays) -> dict[str, Any]:
     if not isinstance(message, RolloutResult) or message.trajectory is None:
         return message.model_dump()
     body = message.model_dump(exclude={"trajectory"})
     with no_gc():
-        body["trajectory"] = _trajectory_body(message.trajectory)
+        body["trajectory"] = _trajectory_body(message.trajectory, arrays)
     return {name: body[name] for name in RolloutResult.model_fields}
 
 
 def encode(message: _Wire) -> bytes:
-    """A message -> msgpack bytes of `{"v": version, "type": name, "body": fields}`; a body
-    over COMPRESS_OVER bytes goes as `"zbody"`: its msgpack bytes zlib-compressed (level 1:
-    ~30% fewer bytes on the wire for ~0.3 us a token), when that saves at least a tenth."""
+    """A message -> msgpack bytes of `{"v": version, "type": name, "body": fields}`. A body
+    over COMPRESS_OVER bytes goes as `"zbody"`: its msgpack bytes zlib-compressed (level 1),
+    its packed token ids and logprobs taken out beforehand and sent as `"arrays"` (unless a
+    sample of them compresses well: then they stay in the body, and `"arrays"` is empty)."""
     name = _NAMES[type(message)]
+    arrays = _Arrays()
     try:
-        body = msgpack.packb(_body(message), use_bin_type=True)
+        fields = _body(message, arrays)
+        body = msgpack.packb(fields, use_bin_type=True)
     except (OverflowError, TypeError, ValueError) as exc:
         raise WireError(f"cannot encode {name}: {exc}") from exc
     head = msgpack.packb({"v": SCHEMA_VERSION, "type": name})[1:]  # the map's two entries
-    if len(body) > COMPRESS_OVER:
+    if len(body) + sum(map(len, arrays.arrays)) > COMPRESS_OVER:
+        if arrays.arrays and _compressible(arrays.arrays):
+            arrays.restore()  # repetitive ids and logprobs: worth zlib's time, inside the body
+            body = msgpack.packb(fields, use_bin_type=True)
         packed = zlib.compress(body, 1)
-        if len(packed) < 0.9 * len(body):
-            return b"\x83" + head + msgpack.packb("zbody") + msgpack.packb(packed)
+        if arrays.arrays or len(packed) < 0.9 * len(body):
+            zbody = msgpack.packb("zbody") + msgpack.packb(packed)
+            return b"\x84" + head + zbody + msgpack.packb("arrays") + msgpack.packb(arrays.arrays)
+    if arrays.arrays:  # a small body: one plain map, as in version 3
+        arrays.restore()
+        body = msgpack.packb(fields, use_bin_type=True)
     return b"\x83" + head + msgpack.packb("body") + body
 
 
+def _compressible(arrays: list[bytes]) -> bool:
+    """Whether the start of each array, together, shrinks by a quarter under zlib (vLLM's
+    float32 logprobs and a large vocabulary's ids do not; a scripted LLM's do)."""
+    sample = b"".join(array[:SAMPLE_BYTES] for array in arrays[:64])
+    return len(zlib.compress(sample, 1)) < 0.75 * len(sample)
+
+
+def _array(arrays: list[bytes], code: int, data: bytes) -> bytes:
+    """An array reference of a compressed body -> the array (nothing else is an extension)."""
+    if code != ARRAY_EXT or len(data) != _INDEX.size:
+        raise ValueError(f"msgpack extension {code} is not an array reference")
+    (index,) = _INDEX.unpack(data)
+    if index >= len(arrays):
+        raise ValueError(f"array {index} of {len(arrays)}")
+    return arrays[index]
+
+
 def _inflated(envelope: dict[str, Any]) -> dict[str, Any]:
-    if envelope["v"] != 3 or not isinstance(envelope["zbody"], bytes):
-        raise WireError("a compressed body is a version 3 byte string")
+    arrays = envelope.get("arrays", [])
+    if envelope["v"] != (4 if "arrays" in envelope else 3):
+        raise WireError("a compressed body is version 3, or version 4 with its arrays")
+    if not isinstance(envelope["zbody"], bytes) or not (
+        type(arrays) is list and all(type(a) is bytes for a in arrays)
+    ):
+        raise WireError("a compressed body and its arrays are byte strings")
     try:
-        body = msgpack.unpackb(zlib.decompress(envelope["zbody"]), raw=False, strict_map_key=True)
-    except Exception as exc:  # zlib.error, or msgpack's several types
+        body = msgpack.unpackb(
+            zlib.decompress(envelope["zbody"]),
+            raw=False,
+            strict_map_key=True,
+            ext_hook=partial(_array, arrays),
+        )
+    except Exception as exc:  # zlib.error, _array's ValueError, or msgpack's several types
         raise WireError(f"compressed body that does not inflate: {exc}") from exc
     return {"v": envelope["v"], "type": envelope["type"], "body": body}
 
@@ -232,12 +307,14 @@ def _inflated(envelope: dict[str, Any]) -> dict[str, Any]:
 def decode(data: bytes, expected: type[_M]) -> _M:
     """msgpack bytes -> the expected message type, or WireError saying what is wrong."""
     try:
-        envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        envelope = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=partial(_array, [])
+        )
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"not a msgpack envelope: {exc}") from exc
-    if isinstance(envelope, dict) and set(envelope) == {"v", "type", "zbody"}:
+    if isinstance(envelope, dict) and set(envelope) in (_ZBODY, _ZBODY_V3):
         envelope = _inflated(envelope)
-    if not isinstance(envelope, dict) or set(envelope) != {"v", "type", "body"}:
+    if not isinstance(envelope, dict) or set(envelope) != _BODY:
         raise WireError("envelope must be a map of exactly v, type and body")
     if envelope["v"] not in DECODABLE_VERSIONS or type(envelope["v"]) is not int:
         raise WireError(

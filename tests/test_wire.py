@@ -213,7 +213,7 @@ def test_golden_bytes(name: str, message: RolloutJob | RolloutResult | None) -> 
         assert decoded == message
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize(("name", "message"), GOLDEN)
 def test_older_versions_still_decode(
     version: int, name: str, message: RolloutJob | RolloutResult
@@ -221,6 +221,20 @@ def test_older_versions_still_decode(
     golden = (FIXTURES / f"{name}.v{version}.msgpack").read_bytes()
     assert msgpack.unpackb(golden)["v"] == version
     assert decode(golden, type(message)) == message
+
+
+@pytest.mark.parametrize("fixture", ["rollout_result_trajectory.v3", "rollout_result_arrays.v4"])
+def test_packed_trajectory_fixtures_decode(fixture: str) -> None:
+    """v3's packed choices, and v4's compressed body with its arrays beside it (written with
+    COMPRESS_OVER at 0: zlib's bytes may differ between zlib builds, so only decoding is
+    pinned)."""
+    message = _trajectory_result()
+    decoded = decode((FIXTURES / f"{fixture}.msgpack").read_bytes(), RolloutResult)
+    got, want = to_art_trajectory(decoded.trajectory), to_art_trajectory(message.trajectory)
+    assert got.model_dump() == want.model_dump()
+    assert decoded.model_copy(update={"trajectory": None}) == message.model_copy(
+        update={"trajectory": None}
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import random
+import re
 import struct
+import zlib
 from typing import Any
 
 import msgpack
@@ -223,29 +226,123 @@ def test_damaged_packed_choices_are_quarantined(damage: Any, error: str) -> None
     assert problem is not None and error in problem
 
 
-def test_large_bodies_travel_compressed_and_damage_is_a_wire_error() -> None:
-    words = " ".join(["def f(x):\n    return x + 1\n"] * 3000)
-    item = WireItem(kind="message", data={"role": "user", "content": words})
-    result = RolloutResult(
+def _result(*items: WireItem) -> RolloutResult:
+    return RolloutResult(
         run_id="r", job_id="j", rollout_id="j-r0", step=0, group_index=0, rollout_index=0,
         instance_id="i", policy_step=0, status="ok",
-        trajectory=WireTrajectory(
-            messages_and_choices=[item],
-            reward=1.0,
-        ),
+        trajectory=WireTrajectory(messages_and_choices=list(items), reward=1.0),
         enqueued_at=0.0, started_at=0.0, finished_at=0.0,
     )  # fmt: skip
+
+
+def test_large_bodies_travel_compressed_and_damage_is_a_wire_error() -> None:
+    words = " ".join(["def f(x):\n    return x + 1\n"] * 3000)
+    result = _result(WireItem(kind="message", data={"role": "user", "content": words}))
     data = encode(result)
     envelope = msgpack.unpackb(data)
-    assert set(envelope) == {"v", "type", "zbody"} and len(data) < len(words) / 5
+    assert set(envelope) == {"v", "type", "zbody", "arrays"} and len(data) < len(words) / 5
+    assert envelope["v"] == 4 and envelope["arrays"] == []
     assert decode(data, RolloutResult) == result
     broken = msgpack.packb(envelope | {"zbody": envelope["zbody"][:-9]})
     with pytest.raises(WireError, match="does not inflate"):
         decode(broken, RolloutResult)
-    with pytest.raises(WireError, match="version 3"):
-        decode(msgpack.packb(envelope | {"v": 2}), RolloutResult)
+    with pytest.raises(WireError, match="version 3, or version 4 with its arrays"):
+        decode(msgpack.packb(envelope | {"v": 3}), RolloutResult)
+    v3 = {k: v for k, v in envelope.items() if k != "arrays"}
+    assert decode(msgpack.packb(v3 | {"v": 3}), RolloutResult) == result  # as v3 sent it
+    with pytest.raises(WireError, match="version 3, or version 4 with its arrays"):
+        decode(msgpack.packb(v3), RolloutResult)
+
+
+def _long_answer(tokens: int, rng: random.Random | None = None) -> dict[str, Any]:
+    """A long answer; with `rng`, vLLM-like ids and logprobs (a large vocabulary, float32
+    values that barely compress), else repetitive ones (that compress well)."""
+    pieces = ["def", " f", "(x", "):", "\n   ", " return", " x", " +", " ü", "🙂"] * (tokens // 10)
+    ids = [rng.randrange(151_000) if rng else i % 10 * 977 for i in range(len(pieces))]
+    logprobs = [-rng.expovariate(3.0) if rng else -(i % 10) / 8 for i in range(len(pieces))]
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": "".join(pieces)},
+        "logprobs": {
+            "content": [
+                {
+                    "token": f"token_id:{t}",
+                    "logprob": struct.unpack("<f", struct.pack("<f", lp))[0],
+                    "bytes": list(p.encode()),
+                    "top_logprobs": [],
+                }
+                for t, lp, p in zip(ids, logprobs, pieces, strict=True)
+            ]
+        },
+        "finish_reason": "length",
+        "stop_reason": None,
+        "token_ids": ids,
+    }
+
+
+def test_token_ids_and_logprobs_travel_beside_a_compressed_body() -> None:
+    """v4: the arrays that do not compress are left out of zlib's way, referenced from the
+    body; those that do stay in it. Everything comes back exact."""
+    rng = random.Random(0)
+    raws = [_long_answer(6_000, rng), _long_answer(4_000, rng)]
+    result = _result(*[WireItem(kind="choice", data=copy.deepcopy(r)) for r in raws])
+    data = encode(result)
+    envelope = msgpack.unpackb(data, ext_hook=lambda code, data: (code, data))
+    assert set(envelope) == {"v", "type", "zbody", "arrays"}
+    sizes = [len(a) for a in envelope["arrays"]]
+    assert sizes == [3 * 6_000, 4 * 6_000, 3 * 4_000, 4 * 4_000]  # uint24 ids, float32 logprobs
+    assert len(data) < 9 * 10_000  # ~2 bytes a token of compressed text and lengths beside
+    wire = decode(data, RolloutResult).trajectory
+    assert [i.choice() for i in wire.messages_and_choices] == raws
+    for rebuilt, raw in zip(to_art_trajectory(wire).messages_and_choices, raws, strict=True):
+        _same(rebuilt, raw)
+    regular = _long_answer(10_000)
+    data = encode(_result(WireItem(kind="choice", data=copy.deepcopy(regular))))
+    envelope = msgpack.unpackb(data)
+    assert envelope["arrays"] == [] and len(data) < 4 * 10_000  # compressed with the body
+    (item,) = decode(data, RolloutResult).trajectory.messages_and_choices
+    assert item.choice() == regular
+
+
+def _arrays_envelope() -> dict[str, Any]:
+    data = encode(_result(WireItem(kind="choice", data=_long_answer(10_000, random.Random(1)))))
+    return msgpack.unpackb(data)
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda e: e.update(arrays=e["arrays"][:1]), "array 1 of 1"),
+        (lambda e: e.update(arrays=[*e["arrays"][:1], "text"]), "are byte strings"),
+        (lambda e: e.update(arrays={}), "are byte strings"),
+        (lambda e: e.update(arrays=e["arrays"][::-1]), "cannot be rebuilt|broken"),
+    ],
+)
+def test_damaged_arrays_are_refused(damage: Any, error: str) -> None:
+    envelope = _arrays_envelope()
+    damage(envelope)
+    try:
+        result = decode(msgpack.packb(envelope), RolloutResult)
+    except WireError as exc:
+        assert re.search(error, str(exc))
+        return
+    problem = rebuild_problem(result.trajectory)  # swapped arrays: the wrong lengths
+    assert problem is not None and re.search(error, problem)
+
+
+def test_extensions_outside_a_compressed_body_are_refused() -> None:
+    ref = msgpack.ExtType(1, b"\0\0\0\0")
+    body = {"v": 4, "type": "rollout_result", "body": {"step": ref}}
+    with pytest.raises(WireError, match="not a msgpack envelope: array 0 of 0"):
+        decode(msgpack.packb(body), RolloutResult)
+    envelope = _arrays_envelope()
+    inner = msgpack.unpackb(zlib.decompress(envelope["zbody"]), ext_hook=msgpack.ExtType)
+    inner["step"] = msgpack.ExtType(7, b"")
+    envelope["zbody"] = zlib.compress(msgpack.packb(inner))
+    with pytest.raises(WireError, match="extension 7 is not an array reference"):
+        decode(msgpack.packb(envelope), RolloutResult)
 
 
 def test_unknown_versions_are_refused() -> None:
-    with pytest.raises(WireError, match="schema version 4"):
-        decode(msgpack.packb({"v": 4, "type": "rollout_result", "body": {}}), RolloutResult)
+    with pytest.raises(WireError, match="schema version 5"):
+        decode(msgpack.packb({"v": 5, "type": "rollout_result", "body": {}}), RolloutResult)
