@@ -16,18 +16,16 @@ from typing import Any
 
 import httpx
 
-from common.wire import PolicyRef, RolloutLimits
+from common.wire import PolicyRef
 from rollout_workers.policy import PolicyClient
 from tests.conftest import wait_for
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.jobs import rollout_limits
 from trainer.gateway import Gateway
 from trainer.services import free_port
 
 TOKEN = "gateway-token-0123456789"
-LIMITS = RolloutLimits(
-    max_steps=1, max_context_tokens=1000, max_completion_tokens=16, code_timeout_s=5,
-    max_output_chars=100, request_timeout_s=60, rollout_retries=0, retry_backoff_s=0.05,
-)  # fmt: skip
+LIMITS = rollout_limits(max_completion_tokens=16, request_timeout_s=60, retry_backoff_s=0.05)
 BODY = {"model": "r2e-rlm@3", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
 
 
@@ -51,28 +49,52 @@ def test_requests_pass_through_unchanged_with_the_token() -> None:
     assert refused.status_code == 401
 
 
-def test_workers_wait_while_the_policy_trains() -> None:
+def _ask_in_a_thread(gateway: Gateway, outcome: list[object]) -> threading.Thread:
+    policy = PolicyRef(
+        inference_name="m@0", policy_step=0, endpoint=f"{gateway.url}/v1", api_key=TOKEN
+    )
+
+    async def ask() -> None:
+        client = PolicyClient(policy, LIMITS)
+        try:
+            outcome.append(await client.complete([{"role": "user", "content": "hi"}]))
+        finally:
+            await client.aclose()
+
+    worker = threading.Thread(target=lambda: asyncio.run(ask()))
+    worker.start()
+    return worker
+
+
+def test_requests_are_held_while_the_policy_trains_and_go_through_when_it_wakes() -> None:
     with ScriptedLLM() as llm:
-        gateway = Gateway(("127.0.0.1", 0), llm.url, TOKEN, upstream_key="", retry_after_s=0.05)
+        gateway = Gateway(("127.0.0.1", 0), llm.url, TOKEN, upstream_key="", hold_s=30)
         gateway.start()
-        gateway.sleeping.set()
-        policy = PolicyRef(
-            inference_name="m@0", policy_step=0, endpoint=f"{gateway.url}/v1", api_key=TOKEN
-        )
+        gateway.sleep()
         outcome: list[object] = []
+        worker = _ask_in_a_thread(gateway, outcome)
+        wait_for(lambda: gateway.held >= 1, 10, "a request held while training")
+        assert outcome == [] and llm.requests == 0, "nothing reaches a sleeping policy"
+        gateway.wake()
+        worker.join(10)
+        gateway.stop()
+    [completion] = outcome
+    assert completion.choice["logprobs"]["content"]
+    assert gateway.turned_away == 0 and llm.requests == 1
 
-        async def ask() -> None:
-            client = PolicyClient(policy, LIMITS)
-            try:
-                outcome.append(await client.complete([{"role": "user", "content": "hi"}]))
-            finally:
-                await client.aclose()
 
-        worker = threading.Thread(target=lambda: asyncio.run(ask()))
-        worker.start()
+def test_workers_wait_while_the_policy_trains_past_the_hold() -> None:
+    with ScriptedLLM() as llm:
+        gateway = Gateway(
+            ("127.0.0.1", 0), llm.url, TOKEN, upstream_key="", retry_after_s=0.05, hold_s=0.1
+        )
+        gateway.start()
+        gateway.sleep()
+        outcome: list[object] = []
+        worker = _ask_in_a_thread(gateway, outcome)
         wait_for(lambda: gateway.turned_away >= 3, 10, "requests turned away while training")
         assert outcome == []  # still waiting, although it has no retries to spend
-        gateway.sleeping.clear()
+        gateway.wake()
         worker.join(10)
         gateway.stop()
     [completion] = outcome

@@ -3,8 +3,9 @@
 Under LocalBackend, vLLM listens on the trainer host's loopback only. The gateway exposes it to
 remote workers: requests with the gateway's bearer token are passed through unchanged (body,
 model name `name@step`, status, the Choices with their logprobs) with vLLM's own key swapped in.
-While the trainer trains (vLLM sleeps on a single GPU) it answers 503 with `Retry-After` and
-`X-Policy-Sleeping: 1`; workers wait and retry instead of failing the rollout.
+While the trainer trains (vLLM sleeps on a single GPU) it holds each request until the policy
+wakes, and forwards it then; one held past `hold_s` gets 503 with `Retry-After` and
+`X-Policy-Sleeping: 1`, and the worker asks again instead of failing the rollout.
 
 It faces the network, so it trusts nothing a client sends: the token is checked before a byte of
 the body is read (a refused connection is closed, its body never read), bodies are bounded, reading
@@ -17,6 +18,7 @@ thread, so gateway traffic never stalls the trainer's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import posixpath
@@ -31,7 +33,9 @@ log = logging.getLogger(__name__)
 
 GATEWAY_TOKEN_ENV = "GATEWAY_TOKEN"
 SLEEPING_HEADER = "X-Policy-Sleeping"
-RETRY_AFTER_S = 5
+HOLD_S = 10.0  # a request held longer than this while the policy trains gets 503 (under
+# the workers' --request-timeout-s, so a long train() never times a request out)
+RETRY_AFTER_S = 1
 # The only routes forwarded: canonical path -> the one method it answers.
 ROUTES = {
     "/v1/chat/completions": "POST",
@@ -54,9 +58,10 @@ _HOP_BY_HOP = {
 
 
 class Gateway:
-    """`Gateway(address, upstream, token, upstream_key)`; `.start()`, `.stop()`; `.sleeping` is a
-    `threading.Event` the trainer sets while it trains. The socket is bound at construction, so
-    `.server_address` (host, port) and `.url` are known before `.start()`."""
+    """`Gateway(address, upstream, token, upstream_key)`; `.start()`, `.stop()`; the trainer
+    calls `.sleep()` before it trains and `.wake()` after (`.sleeping` says which). The socket is
+    bound at construction, so `.server_address` (host, port) and `.url` are known before
+    `.start()`."""
 
     def __init__(
         self,
@@ -65,6 +70,7 @@ class Gateway:
         token: str,
         upstream_key: str,
         retry_after_s: float = RETRY_AFTER_S,
+        hold_s: float = HOLD_S,
         max_body_bytes: int = MAX_BODY_BYTES,
         read_timeout_s: float = READ_TIMEOUT_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -77,12 +83,15 @@ class Gateway:
         self.token = token
         self.upstream_key = upstream_key
         self.retry_after_s = retry_after_s
+        self.hold_s = hold_s
         self.max_body_bytes = max_body_bytes
         self.read_timeout_s = read_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.upstream_timeout_s = upstream_timeout_s
         self.sleeping = threading.Event()
-        self.turned_away = 0  # requests answered "sleeping"
+        self.held = 0  # requests held while the policy slept
+        self.turned_away = 0  # requests answered "sleeping" (held past hold_s)
+        self._awake: asyncio.Event | None = None  # the server loop's view of `sleeping`
         self._socket = socket.create_server(address, backlog=512)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -105,6 +114,25 @@ class Gateway:
         if self._error is not None:
             raise RuntimeError(f"the inference gateway did not start: {self._error}")
         log.info("inference gateway on %s -> %s", self.url, self.upstream)
+
+    def sleep(self) -> None:
+        """The policy is about to train: hold requests from now on."""
+        self.sleeping.set()
+        self._tell_loop()
+
+    def wake(self) -> None:
+        """The policy serves again: the held requests go through."""
+        self.sleeping.clear()
+        self._tell_loop()
+
+    def _tell_loop(self) -> None:
+        loop, awake = self._loop, self._awake
+        if loop is None or awake is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already stopped
+            loop.call_soon_threadsafe(
+                lambda: awake.clear() if self.sleeping.is_set() else awake.set()
+            )
 
     def stop(self) -> None:
         loop = self._loop
@@ -134,6 +162,9 @@ class Gateway:
             loop.close()
 
     async def _open(self) -> tuple[web.AppRunner, aiohttp.ClientSession]:
+        self._awake = asyncio.Event()
+        if not self.sleeping.is_set():
+            self._awake.set()
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.upstream_timeout_s, sock_connect=10.0),
             connector=aiohttp.TCPConnector(limit=1024),
@@ -208,7 +239,7 @@ class _Proxy:
             return self._refuse(self._too_large())
         except TimeoutError:
             return self._refuse(_error(408, "the request body arrived too slowly"))
-        if gateway.sleeping.is_set():
+        if gateway.sleeping.is_set() and not await self._held_until_awake():
             gateway.turned_away += 1
             headers = {"Retry-After": f"{gateway.retry_after_s:g}", SLEEPING_HEADER: "1"}
             return _error(503, "the policy is training; retry", headers)
@@ -226,6 +257,17 @@ class _Proxy:
             return _error(504, f"the policy did not answer in {gateway.upstream_timeout_s:g}s")
         except aiohttp.ClientError as exc:
             return _error(502, f"upstream unreachable: {type(exc).__name__}")
+
+    async def _held_until_awake(self) -> bool:
+        """Hold the request while the policy trains; False when it slept past `hold_s`."""
+        awake = self.gateway._awake
+        assert awake is not None  # set before the server starts
+        self.gateway.held += 1
+        try:
+            await asyncio.wait_for(awake.wait(), self.gateway.hold_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _too_large(self) -> web.Response:
         return _error(413, f"request body over {self.gateway.max_body_bytes} bytes")

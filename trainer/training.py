@@ -29,15 +29,15 @@ async def train_groups(
     shared_gpu: bool,
 ) -> Trained:
     """Train on `groups`. With one GPU for both, vLLM sleeps meanwhile: the gateway holds the
-    workers' policy requests (they wait, never fail) until it wakes."""
+    workers' policy requests (they wait, never fail) and forwards them when it wakes."""
     started = time.monotonic()
     sleeps = gateway is not None and shared_gpu
     if sleeps:
-        gateway.sleeping.set()
+        gateway.sleep()
     try:
         result = await backend.train(model, groups, **grpo)
     finally:
         if sleeps:
-            gateway.sleeping.clear()
+            gateway.wake()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()}
     return Trained(metrics, time.monotonic() - started)
