@@ -153,11 +153,12 @@ class TrainingLoop:
 
     def _ready_batch(self) -> list[GroupResults] | None:
         """The first `--groups-per-step` complete groups, once there are that many (fewer when
-        no more can come)."""
+        no more can come); of those from older policies first, which would go stale sooner."""
         # Never a group too stale to train (one adopted after a long stop, say): the next
         # checkpoint drops it.
         bound = self.state.model_step - self.config.max_steps_off_policy
-        complete = [g for g in self.gatherer.complete() if g.policy_step >= bound]
+        fresh = [g for g in self.gatherer.complete() if g.policy_step >= bound]
+        complete = sorted(fresh, key=lambda g: g.policy_step)  # stable: completion order kept
         wanted = self.config.groups_per_step
         exhausted = self.state.admitted >= self.admission.total and not self.gatherer.in_flight
         if len(complete) >= wanted or exhausted:
