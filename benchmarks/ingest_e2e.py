@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from ingest_scale import RUN_ID, encode_as, make_result  # noqa: E402
+from ingest_shapes import RUN_ID, encode_as, make_result  # noqa: E402
 
 from common import keys  # noqa: E402
 from common.wire import (  # noqa: E402

@@ -7,7 +7,9 @@ logprob and its bytes, `token_ids` and `stop_reason` extra fields): `--turns` as
 builds its trajectory once, then per rollout encodes a `RolloutResult` and XADDs it, paced so the
 fleet offers `--load` times what the trainer absorbed in a first, unpaced run; the trainer (this
 process) polls with `ResultCollector.poll` (its reader and builder threads decode and build ART's
-objects), then acknowledges.
+objects), acknowledges, and holds the ART objects of `--hold` rollouts at a time, as a trainer
+holds a step's groups until train() (`--gc manual`: no automatic cycle collection, one
+`gc.collect()` each time a step lets go, as Megatron-LM's --manual-gc does).
 
 Printed per wire version (v4: the current one, a compressed body with its token ids and
 logprobs beside it; v3: packed, the whole body compressed; v2: one map per token) and fleet
@@ -19,7 +21,10 @@ and latency percentiles:
 - post -> available: from Redis receiving the XADD (the entry id's millisecond, so up to 1 ms
   more than the truth) until `poll()` has returned the rollout with its `art.Trajectory` built,
   held by the caller and ready for `train()`;
-- encode -> available: the same from the worker starting to encode it.
+- encode -> available: the same from the worker starting to encode it;
+and, in the codec table, "loop stall": the longest a thread (standing in for the trainer's event
+loop) waited beyond a 1 ms nap while one rollout was decoded and built in another thread (the
+GIL, and the machine's other load).
 
     uv run python benchmarks/ingest_scale.py [--workers 2 8 32] [--turns 15] [--tokens 1000]
         [--sub-agents 2] [--sub-turns 3] [--rollouts 48] [--versions 4 3 2]
@@ -32,127 +37,36 @@ and latency percentiles:
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import os
-import random
-import struct
 import sys
 import tempfile
+import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from common import keys, packed, wire  # noqa: E402
-from common.wire import (  # noqa: E402
-    RolloutResult,
-    WireHistory,
-    WireItem,
-    WireTrajectory,
-    decode,
-    encode,
+from ingest_shapes import (  # noqa: E402
+    RUN_ID,
+    completion_tokens,
+    encode_as,
+    make_result,
+    make_trajectory,
 )
+
+from common import keys, packed  # noqa: E402
+from common.wire import RolloutResult, decode  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import start_redis_server  # noqa: E402
 from trainer.trajectories import to_art_trajectory  # noqa: E402
-
-RUN_ID = "ingest"
-PIECES = [
-    "def", " ", "self", ".", "_", "(", ")", ":", "\n", "    ", "return", " x", " =", " None",
-    " if", " not", " in", " for", " i", " range", "(len", "),", " '", "',", " \"", "pandas",
-    " import", " numpy", " as", " np", "\n\n", " #", " the", " fix", " é", "→", "🙂", "```",
-    "python", "print", "(df", ".loc", "[", "]", " ==", " True", " False", " raise", " Error",
-]  # fmt: skip
-
-
-def _f32(value: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", value))[0]
-
-
-def make_choice(rng: random.Random, tokens: int) -> dict[str, Any]:
-    """`choices[0]` as ART's vLLM returns it (logprobs computed in float32, as vLLM does)."""
-    pieces = [rng.choice(PIECES) for _ in range(tokens)]
-    ids = [rng.randrange(151_000) for _ in range(tokens)]
-    content = [
-        {
-            "token": f"token_id:{t}",
-            "logprob": _f32(-rng.expovariate(3.0)),
-            "bytes": list(p.encode()),
-            "top_logprobs": [],
-        }
-        for t, p in zip(ids, pieces, strict=True)
-    ]
-    return {
-        "index": 0,
-        "message": {"role": "assistant", "content": "".join(pieces), "tool_calls": []},
-        "logprobs": {"content": content},
-        "finish_reason": "stop",
-        "stop_reason": None,
-        "token_ids": ids,
-    }
-
-
-def _turns(rng: random.Random, turns: int, tokens: int) -> list[WireItem]:
-    items = [
-        WireItem(kind="message", data={"role": "system", "content": "You are a coder." * 50}),
-        WireItem(kind="message", data={"role": "user", "content": "Fix the bug. " * 100}),
-    ]
-    for _ in range(turns):
-        items.append(WireItem(kind="choice", data=make_choice(rng, tokens)))
-        items.append(WireItem(kind="message", data={"role": "user", "content": "out " * 200}))
-    return items
-
-
-def make_trajectory(args: argparse.Namespace, seed: int) -> WireTrajectory:
-    rng = random.Random(seed)
-    return WireTrajectory(
-        messages_and_choices=_turns(rng, args.turns, args.tokens),
-        additional_histories=[
-            WireHistory(messages_and_choices=_turns(rng, args.sub_turns, args.tokens))
-            for _ in range(args.sub_agents)
-        ],
-        reward=1.0,
-        metrics={"steps": args.turns},
-    )
-
-
-def completion_tokens(args: argparse.Namespace) -> int:
-    return args.tokens * (args.turns + args.sub_agents * args.sub_turns)
-
-
-def encode_as(result: RolloutResult, version: int) -> bytes:
-    if version == 4:
-        return encode(result)
-    if version == 3:  # packed choices, the whole body compressed (v3's encode)
-        arrays = wire._Arrays()
-        fields = wire._body(result, arrays)
-        arrays.restore()  # the arrays inline
-        body = msgpack.packb(fields, use_bin_type=True)
-        if len(body) > wire.COMPRESS_OVER:
-            zbody = zlib.compress(body, 1)
-            if len(zbody) < 0.9 * len(body):
-                envelope = {"v": 3, "type": "rollout_result", "zbody": zbody}
-                return msgpack.packb(envelope, use_bin_type=True)
-        return msgpack.packb({"v": 3, "type": "rollout_result", "body": fields}, use_bin_type=True)
-    # v1/v2: the body as pydantic dumps it, one map per token (what workers sent before v3)
-    envelope = {"v": version, "type": "rollout_result", "body": result.model_dump()}
-    return msgpack.packb(envelope, use_bin_type=True)
-
-
-def make_result(trajectory: WireTrajectory, worker: int, index: int) -> RolloutResult:
-    now = time.time()
-    return RolloutResult(
-        run_id=RUN_ID, job_id=f"w{worker}", rollout_id=f"w{worker}-{index}", step=0,
-        group_index=worker, rollout_index=index, instance_id="bench", policy_step=0,
-        status="ok", trajectory=trajectory, enqueued_at=now, started_at=now, finished_at=now,
-    )  # fmt: skip
 
 
 def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
@@ -180,6 +94,13 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         ):
             best[key] = min(best.get(key, value), value)
         best["bytes"] = len(data)
+    ticker = Ticker()  # one more: decode and build in a thread beside it
+    thread = threading.Thread(
+        target=lambda: to_art_trajectory(decode(data, RolloutResult).trajectory)
+    )
+    thread.start()
+    thread.join()
+    best["stall"] = ticker.stop()
     return best
 
 
@@ -228,13 +149,16 @@ def _fleet(
         context.Process(target=worker_main, args=(url, version, w, per_worker, interval, args))
         for w in range(workers)
     ]
+    held: list[Any] = []  # ART's trajectories, kept as the trainer keeps a step's groups
     posted: list[float] = []  # Redis received the XADD -> poll() returned it built
     encoded: list[float] = []  # the worker began encoding -> the same
     received = 0
     peak_memory = 0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
     for process in processes:
         process.start()
+    if args.gc == "manual":
+        gc.disable()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     next_sample = 0.0
     while received < total:
         polled = collector.poll(block_ms=1000, count=args.batch)
@@ -249,8 +173,18 @@ def _fleet(
             next_sample = time.perf_counter() + 0.2
             peak_memory = max(peak_memory, connection.info("memory")["used_memory"])
         collector.ack([item.entry_id for item in polled.received])
+        held += [item.trajectory for item in polled.received]
+        if len(held) >= args.hold:  # the step trained: its groups let go
+            held.clear()
+            if args.gc == "manual":
+                gc.collect()
+        del polled
+    held.clear()
+    if args.gc == "manual":
+        gc.collect()
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
+    gc.enable()
     collector.close()
     for process in processes:
         process.join()
@@ -265,6 +199,28 @@ def _fleet(
         "post p99 ms": _percentile(posted, 0.99) * 1000,
         "encode p99 ms": _percentile(encoded, 0.99) * 1000,
     }
+
+
+class Ticker:
+    """A thread standing in for the training loop's event loop: it asks for 1 ms naps and
+    records how much later than asked it woke (the GIL held by ingest, mostly)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            time.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - began - 0.001)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.worst
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -322,8 +278,20 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=48)
     parser.add_argument("--versions", type=int, nargs="+", default=[4, 3, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64, help="entries per XREADGROUP")
+    parser.add_argument("--batch", type=int, default=64, help="results per poll()")
     parser.add_argument("--load", type=float, default=0.5, help="paced runs: share of capacity")
+    parser.add_argument(
+        "--hold",
+        type=int,
+        default=64,
+        help="rollouts whose ART objects the trainer holds at once (a step)",
+    )
+    parser.add_argument(
+        "--gc",
+        choices=["auto", "manual"],
+        default="auto",
+        help="manual: no automatic cycle collection, one gc.collect() per step",
+    )
     parser.add_argument("--rq-jobs", type=int, default=0, help="also measure RQ alone")
     args = parser.parse_args()
     if args.rq_jobs:
@@ -334,8 +302,11 @@ def main() -> None:
     print(f"rollout: {args.turns} turns x {args.tokens} tokens + {args.sub_agents} sub-agents x "
           f"{args.sub_turns} turns = {tokens:,} completion tokens")  # fmt: skip
     print(f"\ncodec alone (CPU time, best of {args.repeats}), one process")
-    print("| wire | bytes/token | encode ms | decode ms | ART objects ms (cold) | us/token |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| wire | bytes/token | encode ms | decode ms | ART objects ms (cold) | us/token "
+        "| loop stall ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
     sizes = {}
     for version in args.versions:
         c = codec(args, version)
@@ -343,8 +314,9 @@ def main() -> None:
         total = c["encode"] + c["decode"] + c["build"]
         print(f"| v{version} | {c['bytes'] / tokens:.1f} | {c['encode'] * 1e3:.1f} | "
               f"{c['decode'] * 1e3:.1f} | {c['build'] * 1e3:.1f} ({c['cold'] * 1e3:.1f}) | "
-              f"{total / tokens * 1e6:.2f} |")  # fmt: skip
-    print("\nfleet: W worker processes -> Redis -> trainer collector (decode + ART objects)")
+              f"{total / tokens * 1e6:.2f} | {c['stall'] * 1e3:.1f} |")  # fmt: skip
+    print("\nfleet: W worker processes -> Redis -> trainer collector (decode + ART objects), "
+          f"{args.hold} rollouts held at a time, cycle collector {args.gc}")  # fmt: skip
     header = ["wire", "W", "run"]
     rows = []
     for version in args.versions:

@@ -1,0 +1,111 @@
+"""Rollouts shaped like vLLM's answers, and their encodings per wire version, for the ingest
+benchmarks (`ingest_scale.py`, `ingest_e2e.py`).
+
+Every completion token is `token_id:N` (N from a 151k vocabulary) with a float32 logprob and
+its bytes; choices carry vLLM's `token_ids` and `stop_reason` extra fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import struct
+import time
+import zlib
+from typing import Any
+
+import msgpack
+
+from common import wire
+from common.wire import RolloutResult, WireHistory, WireItem, WireTrajectory, encode
+
+RUN_ID = "ingest"
+PIECES = [
+    "def", " ", "self", ".", "_", "(", ")", ":", "\n", "    ", "return", " x", " =", " None",
+    " if", " not", " in", " for", " i", " range", "(len", "),", " '", "',", " \"", "pandas",
+    " import", " numpy", " as", " np", "\n\n", " #", " the", " fix", " é", "→", "🙂", "```",
+    "python", "print", "(df", ".loc", "[", "]", " ==", " True", " False", " raise", " Error",
+]  # fmt: skip
+
+
+def _f32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def make_choice(rng: random.Random, tokens: int) -> dict[str, Any]:
+    """`choices[0]` as ART's vLLM returns it (logprobs computed in float32, as vLLM does)."""
+    pieces = [rng.choice(PIECES) for _ in range(tokens)]
+    ids = [rng.randrange(151_000) for _ in range(tokens)]
+    content = [
+        {
+            "token": f"token_id:{t}",
+            "logprob": _f32(-rng.expovariate(3.0)),
+            "bytes": list(p.encode()),
+            "top_logprobs": [],
+        }
+        for t, p in zip(ids, pieces, strict=True)
+    ]
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": "".join(pieces), "tool_calls": []},
+        "logprobs": {"content": content},
+        "finish_reason": "stop",
+        "stop_reason": None,
+        "token_ids": ids,
+    }
+
+
+def _turns(rng: random.Random, turns: int, tokens: int) -> list[WireItem]:
+    items = [
+        WireItem(kind="message", data={"role": "system", "content": "You are a coder." * 50}),
+        WireItem(kind="message", data={"role": "user", "content": "Fix the bug. " * 100}),
+    ]
+    for _ in range(turns):
+        items.append(WireItem(kind="choice", data=make_choice(rng, tokens)))
+        items.append(WireItem(kind="message", data={"role": "user", "content": "out " * 200}))
+    return items
+
+
+def make_trajectory(args: argparse.Namespace, seed: int) -> WireTrajectory:
+    rng = random.Random(seed)
+    return WireTrajectory(
+        messages_and_choices=_turns(rng, args.turns, args.tokens),
+        additional_histories=[
+            WireHistory(messages_and_choices=_turns(rng, args.sub_turns, args.tokens))
+            for _ in range(args.sub_agents)
+        ],
+        reward=1.0,
+        metrics={"steps": args.turns},
+    )
+
+
+def completion_tokens(args: argparse.Namespace) -> int:
+    return args.tokens * (args.turns + args.sub_agents * args.sub_turns)
+
+
+def encode_as(result: RolloutResult, version: int) -> bytes:
+    if version == 4:
+        return encode(result)
+    if version == 3:  # packed choices, the whole body compressed (v3's encode)
+        arrays = wire._Arrays()
+        fields = wire._body(result, arrays)
+        arrays.restore()  # the arrays inline
+        body = msgpack.packb(fields, use_bin_type=True)
+        if len(body) > wire.COMPRESS_OVER:
+            zbody = zlib.compress(body, 1)
+            if len(zbody) < 0.9 * len(body):
+                envelope = {"v": 3, "type": "rollout_result", "zbody": zbody}
+                return msgpack.packb(envelope, use_bin_type=True)
+        return msgpack.packb({"v": 3, "type": "rollout_result", "body": fields}, use_bin_type=True)
+    # v1/v2: the body as pydantic dumps it, one map per token (what workers sent before v3)
+    envelope = {"v": version, "type": "rollout_result", "body": result.model_dump()}
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+def make_result(trajectory: WireTrajectory, worker: int, index: int) -> RolloutResult:
+    now = time.time()
+    return RolloutResult(
+        run_id=RUN_ID, job_id=f"w{worker}", rollout_id=f"w{worker}-{index}", step=0,
+        group_index=worker, rollout_index=index, instance_id="bench", policy_step=0,
+        status="ok", trajectory=trajectory, enqueued_at=now, started_at=now, finished_at=now,
+    )  # fmt: skip
