@@ -15,8 +15,10 @@ Printed per wire version (v4: the current one, a compressed body with its token 
 logprobs beside it; v3: packed, the whole body compressed; v2: one map per token) and fleet
 size: wire bytes per completion token, the codec alone (CPU time, best of --repeats: worker
 encode, trainer decode, ART objects, the cycle collector's first pass over them included; us per
-token; "cold": ART objects before the trainer has seen any token id), then rollouts/s,
-tokens/s, MB/s, Redis peak memory, trainer CPU per rollout and per token (all its threads),
+token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
+dropping the ART objects once trained, not in us/token), then rollouts/s,
+tokens/s, MB/s, Redis peak memory, trainer CPU per rollout and tokens per CPU-second (all its
+threads: one core's worth of ingest),
 and latency percentiles:
 - post -> available: from Redis receiving the XADD (the entry id's millisecond, so up to 1 ms
   more than the truth) until `poll()` has returned the rollout with its `art.Trajectory` built,
@@ -81,9 +83,11 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         encoded = time.process_time()
         wire_trajectory = decode(data, RolloutResult).trajectory
         decoded = time.process_time()
-        to_art_trajectory(wire_trajectory)
+        art_trajectory = to_art_trajectory(wire_trajectory)
         [[] for _ in range(10)]  # the cycle collector's pass that building postponed
         built = time.process_time()
+        del art_trajectory
+        freed = time.process_time()
         if repeat == 0:
             best["cold"] = built - decoded
             continue
@@ -91,6 +95,7 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
             ("encode", encoded - began),
             ("decode", decoded - encoded),
             ("build", built - decoded),
+            ("free", freed - built),
         ):
             best[key] = min(best.get(key, value), value)
         best["bytes"] = len(data)
@@ -314,7 +319,8 @@ def main() -> None:
         total = c["encode"] + c["decode"] + c["build"]
         print(f"| v{version} | {c['bytes'] / tokens:.1f} | {c['encode'] * 1e3:.1f} | "
               f"{c['decode'] * 1e3:.1f} | {c['build'] * 1e3:.1f} ({c['cold'] * 1e3:.1f}) | "
-              f"{total / tokens * 1e6:.2f} | {c['stall'] * 1e3:.1f} |")  # fmt: skip
+              f"{total / tokens * 1e6:.2f} | {c['free'] * 1e3:.1f} | "
+              f"{c['stall'] * 1e3:.1f} |")  # fmt: skip
     print("\nfleet: W worker processes -> Redis -> trainer collector (decode + ART objects), "
           f"{args.hold} rollouts held at a time, cycle collector {args.gc}")  # fmt: skip
     header = ["wire", "W", "run"]
