@@ -8,9 +8,8 @@ private Redis; the recording backend's `train()` sleeps a fixed time (`RECORDING
 - S = --max-steps-off-policy in --s (default 0, 1, 2);
 - over-provisioning off, or on with K = --over-provision (default groups_per_step / 2);
 - inference *available* during train() (dedicated mode: --trainer-gpu-ids 0
-  --inference-gpu-ids 1) or *asleep* (shared-GPU mode: the trainer's gateway turns requests
-  away, 503 with Retry-After, while train() runs). Both go through the gateway. Here train()
-  is shorter than the gateway's Retry-After (5 s): a request turned away waits that out.
+  --inference-gpu-ids 1) or *asleep* (shared-GPU mode: the trainer's gateway holds requests
+  while train() runs and forwards them when it ends). Both go through the gateway.
 
 Every case has the same slots (--max-concurrent = --slots, default (groups_per_step + K) x
 rollouts_per_group), served by slots / rollouts_per_group workers started once for all cases.
@@ -24,7 +23,7 @@ Figures are over the steady state, from the end of the first train() to the end 
   rollout running from its `started_at` to its `finished_at` as posted to the results stream
   (a rollout cancelled before it posts is not counted);
 - LLM idle: the same with requests in flight at the scripted LLM instead of rollouts running
-  (REPL time and requests turned away by the sleeping gateway count idle);
+  (REPL time and requests held by the sleeping gateway count idle);
 - staleness: per trained rollout, the step it trained at minus the policy step that sampled it;
 - dropped: groups dropped, by reason (`pipeline/groups_dropped/<reason>`); cancelled:
   `pipeline/groups_cancelled`.
