@@ -309,9 +309,9 @@ def main() -> None:
     print(f"\ncodec alone (CPU time, best of {args.repeats}), one process")
     print(
         "| wire | bytes/token | encode ms | decode ms | ART objects ms (cold) | us/token "
-        "| loop stall ms |"
+        "| freeing ms | loop stall ms |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     sizes = {}
     for version in args.versions:
         c = codec(args, version)
