@@ -131,6 +131,7 @@ class ReadAhead(Generic[E, T]):
                         self._lock.wait(0.2)
                         room = self._room()
                     if self._stopping():
+                        self._reader = None  # under the lock: the next take() starts another
                         return
                 entries = self._fetch(room)
                 with self._lock:
@@ -144,10 +145,9 @@ class ReadAhead(Generic[E, T]):
                     self._held_bytes += sum(map(self._size, entries))
                 self._builder.submit(self._build_all, entries)
         except BaseException as exc:
-            self._fail(exc)
-        finally:
             with self._lock:
                 self._reader = None
+            self._fail(exc)
 
     def _build_all(self, entries: list[E]) -> None:
         chunk: list[T] = []
