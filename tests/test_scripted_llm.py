@@ -18,18 +18,15 @@ from common.errors import EndpointError
 from common.wire import PolicyRef, RolloutLimits
 from rollout_workers.policy import ContextOverflow, PolicyClient
 from tests.fakes.scripted_llm import FINISH, THINK, ScriptedLLM, finish_at_once
+from tests.jobs import rollout_limits
 from trainer.services import free_port
 
 MESSAGES = [{"role": "system", "content": "You fix bugs."}, {"role": "user", "content": "Fix."}]
 
 
 def limits(**overrides: Any) -> RolloutLimits:
-    values: dict[str, Any] = {
-        "max_steps": 4, "max_context_tokens": 10_000, "max_completion_tokens": 4000,
-        "code_timeout_s": 5, "max_output_chars": 1000, "request_timeout_s": 5,
-        "rollout_retries": 2, "retry_backoff_s": 0.01,
-    }  # fmt: skip
-    return RolloutLimits(**{**values, **overrides})
+    values = {"max_completion_tokens": 4000, "request_timeout_s": 5, "rollout_retries": 2}
+    return rollout_limits(**{**values, **overrides})
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
