@@ -32,7 +32,8 @@ from rollout_workers.sub_agents import SubAgents
 from tests.conftest import ROOT, Processes, wait_for
 from tests.fakes.agent_scripts import is_sub_agent
 from tests.fakes.scripted_llm import ScriptedLLM
-from tests.test_rollout import _job, _workdir
+from tests.jobs import rollout_job
+from tests.test_rollout import _workdir
 
 pytestmark = pytest.mark.integration
 
@@ -81,19 +82,14 @@ def grader() -> Iterator[CountingGrader]:
         yield server
 
 
-def group_job(endpoint: str, grader_url: str = "", **limits: Any) -> RolloutJob:
+def group_job(endpoint: str, grader_url: str = "", **config: Any) -> RolloutJob:
     """Two rollouts of one scenario; with `grader_url`, every rollout would be graded
     (`grade_unfinished`), finished or not."""
-    job = _job(endpoint)
-    return job.model_copy(
-        update={
-            "rollouts_per_group": 2,
-            "limits": job.limits.model_copy(update={"max_steps": 1000, **limits}),
-            "grading": GradingSpec(docker_image="none", expected={}) if grader_url else None,
-            "grader_url": grader_url,
-            "grade_unfinished": True,
-        }
-    )
+    grading = GradingSpec(docker_image="none", expected={}) if grader_url else None
+    return rollout_job(
+        endpoint, rollouts_per_group=2, grading=grading, grader_url=grader_url,
+        grade_unfinished=True, **{"max_steps": 1000, **config},
+    )  # fmt: skip
 
 
 def _status(redis: Redis, job_id: str) -> JobStatus | None:
@@ -231,7 +227,7 @@ def test_a_sub_agent_stops_at_its_next_turn_once_the_group_is_cancelled(redis_ur
         return sum(m.get("role") == "assistant" for m in body["messages"]) == 1
 
     with ScriptedLLM(script=sub_agent_looks_forever, hold_when=second_turn) as llm:
-        job = _job(llm.url)
+        job = rollout_job(llm.url)
 
         def cancel_once_held() -> None:
             if llm.wait_held(1, timeout_s=30):

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario, WireTrajectory
+from common.wire import RolloutLimits, WireTrajectory
 from rollout_workers import rollout
 from rollout_workers.context import HEAD, Context, trim_note
 from rollout_workers.policy import PolicyClient
 from rollout_workers.rollout import RolloutOutcome
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.jobs import rollout_job, rollout_limits
 from tests.tokenizer import build_tokenizer, encoder, require_torch
 
 SYSTEM = "You are a careful engineer."
@@ -92,22 +93,9 @@ def test_a_refusal_from_the_endpoint_drops_every_middle_turn() -> None:
 
 
 def _limits(max_context_tokens: int, max_steps: int) -> RolloutLimits:
-    return RolloutLimits(
-        max_steps=max_steps, max_context_tokens=max_context_tokens, max_completion_tokens=64,
-        code_timeout_s=20, max_output_chars=4000, request_timeout_s=30, rollout_retries=0,
-        retry_backoff_s=0.01,
-    )  # fmt: skip
-
-
-def _job(endpoint: str, limits: RolloutLimits) -> RolloutJob:
-    return RolloutJob(
-        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
-        scenario=Scenario(instance_id="toy__0", problem_statement=PROBLEM), grading=None,
-        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint=endpoint), limits=limits,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream="rlm:t:results",
-        lease_ttl_s=10, enqueued_at=0.0,
-    )  # fmt: skip
+    # The budget is set past the config: one test needs less than its minimum (256 tokens).
+    limits = rollout_limits(max_steps=max_steps, max_output_chars=4000)
+    return limits.model_copy(update={"max_context_tokens": max_context_tokens})
 
 
 def _rollout(
@@ -124,7 +112,7 @@ def _rollout(
         with ScriptedLLM(
             script=script, record=True, encode=encode, overflow_when=overflow_when
         ) as llm:
-            job = _job(llm.url, limits)
+            job = rollout_job(llm.url, problem_statement=PROBLEM, limits=limits)
             client = PolicyClient(job.policy, limits)
             try:
                 outcome = await rollout.run_rollout(job, client, SYSTEM, record=True)

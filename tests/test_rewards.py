@@ -135,9 +135,10 @@ def test_a_tampering_diff_is_never_paid_whatever_the_reward_function() -> None:
     import asyncio
 
     from common.grading import GradeReport, GradeTimings
-    from common.wire import GradingSpec, PolicyRef, RolloutJob, RolloutLimits, Scenario
+    from common.wire import GradingSpec
     from rollout_workers.job import score
     from rollout_workers.rollout import RolloutOutcome
+    from tests.jobs import rollout_job
 
     expected = {"test_add": "PASSED"}
 
@@ -149,19 +150,10 @@ def test_a_tampering_diff_is_never_paid_whatever_the_reward_function() -> None:
                 timings=GradeTimings(total_s=1.0, queued_s=0.0, tests_s=0.5),
             )  # fmt: skip
 
-    limits = RolloutLimits(
-        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
-        max_output_chars=1000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.01,
-    )  # fmt: skip
-    job = RolloutJob(
-        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
-        scenario=Scenario(instance_id="calc", problem_statement="Fix it."),
+    job = rollout_job(
+        instance_id="calc",
         grading=GradingSpec(docker_image="rlm-fixtures/calc_final:x", expected=expected),
-        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint="http://x"), limits=limits,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream="rlm:t:results",
-        lease_ttl_s=10, enqueued_at=0.0,
-    )  # fmt: skip
+    )
     outcome = RolloutOutcome(finished=True, steps=1, diff="diff --git a/conftest.py ...")
     always_pays = lambda _: 1.0  # noqa: E731 (a careless custom reward function)
     trajectory = asyncio.run(score(job, outcome, TamperedGrader(), always_pays))  # type: ignore[arg-type]

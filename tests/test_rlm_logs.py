@@ -12,12 +12,13 @@ from typing import Any
 from redis import Redis
 
 from common.rewards import finished_reward
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, RolloutResult, Scenario
+from common.wire import RolloutJob, RolloutResult
 from rollout_workers import job as job_module
 from rollout_workers.policy import PolicyClient
 from rollout_workers.sub_agents import MAX_DEPTH
 from tests.fakes.agent_scripts import is_sub_agent
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.jobs import rollout_job
 from tests.rlm_log_schema import validate_rlm_log
 from trainer.rlm_logs import write_rlm_logs
 
@@ -33,18 +34,7 @@ OUTAGE = "POLICY-OUTAGE-NEXT"  # printed by the code: the next request carries i
 
 
 def _job(endpoint: str) -> RolloutJob:
-    limits = RolloutLimits(
-        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
-        max_output_chars=4000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.01,
-    )  # fmt: skip
-    return RolloutJob(
-        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=2,
-        scenario=Scenario(instance_id="toy__0", problem_statement="Fix it."), grading=None,
-        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint=endpoint), limits=limits,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream="rlm:t:results",
-        lease_ttl_s=10, enqueued_at=0.0, log_sample_rate=1.0,
-    )  # fmt: skip
+    return rollout_job(endpoint, rollouts_per_group=2, max_output_chars=4000, log_sample_rate=1.0)
 
 
 def _post(redis_url: str, script: Any, index: int, fail_when: str | None = None) -> RolloutResult:

@@ -13,7 +13,6 @@ import pytest
 
 from common.errors import SandboxError
 from common.rewards import finished_reward
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario
 from rollout_workers import rollout, sandbox
 from rollout_workers.policy import PolicyClient
 from rollout_workers.repl import RESTART_NOTICE, Repl
@@ -22,6 +21,7 @@ from rollout_workers.text import extract_code_blocks, truncate_middle
 from rollout_workers.workdir import diff_against
 from tests.conftest import remove_after_test
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.jobs import rollout_job, rollout_limits
 
 
 def test_python_and_repl_blocks_are_extracted_in_order() -> None:
@@ -125,7 +125,7 @@ def test_diff_against_the_cache_covers_edits_new_and_deleted_files() -> None:
 
 
 def test_llm_query_runs_a_sub_agent_with_its_own_repl() -> None:
-    from common.wire import PolicyRef, RolloutLimits
+    from common.wire import PolicyRef
     from rollout_workers.policy import PolicyClient
     from rollout_workers.rollout import RolloutOutcome
     from rollout_workers.sub_agents import SubAgents
@@ -140,10 +140,7 @@ def test_llm_query_runs_a_sub_agent_with_its_own_repl() -> None:
         return f"The repository has {messages[-1]['content'].split()[1]} file(s)."
 
     workdir = _workdir()
-    limits = RolloutLimits(
-        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
-        max_output_chars=1000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.1,
-    )  # fmt: skip
+    limits = rollout_limits(retry_backoff_s=0.1)
 
     async def ask() -> tuple[str, RolloutOutcome]:
         with ScriptedLLM(script=script) as llm:
@@ -216,7 +213,7 @@ def test_a_broken_sandbox_is_a_failed_rollout_never_a_reward(
 
     fake_bwrap(monkeypatch, f"echo '{NAMESPACE_ERROR}' >&2\nexit 1")
     with ScriptedLLM(script=_finish_at_once) as llm:
-        job = _job(llm.url, retries=1)
+        job = rollout_job(llm.url, rollout_retries=1)
 
         async def attempt() -> object:
             client = PolicyClient(job.policy, job.limits)
@@ -298,25 +295,10 @@ def _finish_at_once(messages: list, rng: object) -> str:
     return "```python\nfinish()\n```"
 
 
-def _job(endpoint: str, retries: int = 0) -> RolloutJob:
-    limits = RolloutLimits(
-        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
-        max_output_chars=1000, request_timeout_s=30, rollout_retries=retries, retry_backoff_s=0.01,
-    )  # fmt: skip
-    return RolloutJob(
-        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
-        scenario=Scenario(instance_id="toy__0", problem_statement="Fix it."), grading=None,
-        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint=endpoint), limits=limits,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream="rlm:t:results",
-        lease_ttl_s=10, enqueued_at=0.0,
-    )  # fmt: skip
-
-
 def _rollout(script: Callable[[list, object], str]) -> RolloutOutcome:
     async def run() -> RolloutOutcome:
         with ScriptedLLM(script=script) as llm:
-            job = _job(llm.url)
+            job = rollout_job(llm.url)
             client = PolicyClient(job.policy, job.limits)
             try:
                 return await rollout.run_rollout(job, client, "system")

@@ -16,13 +16,14 @@ from rollout_workers.repl import Repl
 from rollout_workers.rollout import RolloutOutcome
 from rollout_workers.sub_agents import MAX_DEPTH, OUT_OF_CONTEXT, SUB_AGENT_STEPS, SubAgents
 from tests.fakes.scripted_llm import ScriptedLLM
-from tests.test_rollout import _job, _workdir
+from tests.jobs import rollout_limits
+from tests.test_rollout import _workdir
 
 
 def _batched_session(
     code: str, limit: int, llm: ScriptedLLM, max_context_tokens: int = 10_000
 ) -> tuple[str, RolloutOutcome, list[dict]]:
-    limits = _job(llm.url).limits.model_copy(update={"max_context_tokens": max_context_tokens})
+    limits = rollout_limits(max_context_tokens=max_context_tokens)
 
     async def session() -> tuple[str, RolloutOutcome, list[dict]]:
         client = PolicyClient(
@@ -103,7 +104,7 @@ def test_a_sub_agent_past_the_context_budget_answers_with_its_last_reply() -> No
 
 
 def _ask_once(llm: ScriptedLLM, prompt: str) -> tuple[str, RolloutOutcome]:
-    limits = _job(llm.url).limits
+    limits = rollout_limits()
 
     async def ask() -> tuple[str, RolloutOutcome]:
         client = PolicyClient(

@@ -9,18 +9,11 @@ from collections import Counter
 import pytest
 
 from common.errors import GraderError
-from common.wire import (
-    GradingSpec,
-    PolicyRef,
-    RolloutJob,
-    RolloutLimits,
-    RolloutResult,
-    Scenario,
-    WireTrajectory,
-)
+from common.wire import GradingSpec, RolloutJob, RolloutResult, WireTrajectory
 from grader.client import GraderClient
 from rollout_workers.job import score
 from rollout_workers.rollout import RolloutOutcome
+from tests.jobs import rollout_job
 from trainer.groups import GroupResults
 from trainer.metrics import step_metrics
 from trainer.services import free_port
@@ -29,19 +22,11 @@ DIFF = "diff --git a/calc/ops.py b/calc/ops.py\n--- a/calc/ops.py\n+++ b/calc/op
 
 
 def _job() -> RolloutJob:
-    limits = RolloutLimits(
-        max_steps=4, max_context_tokens=10_000, max_completion_tokens=64, code_timeout_s=20,
-        max_output_chars=1000, request_timeout_s=30, rollout_retries=0, retry_backoff_s=0.01,
-    )  # fmt: skip
-    return RolloutJob(
-        run_id="t", job_id="t-s000000-g0000", step=0, group_index=0, rollouts_per_group=1,
-        scenario=Scenario(instance_id="calc", problem_statement="Fix it."),
+    return rollout_job(
+        instance_id="calc",
         grading=GradingSpec(docker_image="rlm-fixtures/calc_final:x", expected={"t": "PASSED"}),
-        policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint="http://x"), limits=limits,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:binary_test_reward", results_stream="rlm:t:results",
-        lease_ttl_s=10, enqueued_at=0.0,
-    )  # fmt: skip
+        reward_fn="common.rewards:binary_test_reward",
+    )
 
 
 async def _score(outcome: RolloutOutcome, grade_unfinished: bool = False) -> WireTrajectory:
