@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from common import keys
-from common.wire import (
-    ErrorInfo,
-    PolicyRef,
-    RolloutJob,
-    RolloutLimits,
-    RolloutResult,
-    Scenario,
-    WireItem,
-    WireTrajectory,
-)  # fmt: skip
+from common.wire import ErrorInfo, RolloutJob, RolloutResult, WireItem, WireTrajectory
 from tests.fakes.scripted_llm import completion
+from tests.jobs import rollout_job
 from trainer.groups import GroupResults, assemble_groups
 
 
@@ -42,17 +33,9 @@ def result(
 
 
 def job(group: int, policy_step: int = 0) -> RolloutJob:
-    return RolloutJob(
-        run_id="r", job_id=keys.job_id("r", 0, group), step=0, group_index=group,
-        rollouts_per_group=3, scenario=Scenario(instance_id=f"task{group}", problem_statement="x"),
-        grading=None,
-        policy=PolicyRef(inference_name=f"m@{policy_step}", policy_step=policy_step, endpoint="x"),
-        limits=RolloutLimits(max_steps=1, max_context_tokens=1000, max_completion_tokens=10,
-                             code_timeout_s=1, max_output_chars=100, request_timeout_s=1,
-                             rollout_retries=0, retry_backoff_s=0),
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream="s", lease_ttl_s=2,
-        enqueued_at=0.0,
+    return rollout_job(
+        "x", run_id="r", group=group, rollouts_per_group=3, instance_id=f"task{group}",
+        problem_statement="x", policy_step=policy_step, lease_ttl_s=2,
     )  # fmt: skip
 
 

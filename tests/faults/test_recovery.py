@@ -17,9 +17,10 @@ from common import keys
 from common.config import ExperimentConfig
 from common.errors import ConfigError
 from common.queue import connect, fetch_job, rollout_queue
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario, encode
+from common.wire import RolloutJob, encode
 from rollout_workers.job import Lease
 from tests.conftest import ROOT
+from tests.jobs import rollout_job
 from tests.test_groups import result
 from trainer.collector import ResultCollector
 from trainer.dispatch import Dispatcher
@@ -79,16 +80,9 @@ def test_a_pickle_planted_in_redis_is_never_unpickled(redis_url: str, tmp_path: 
 
 
 def _job(step: int, group: int) -> RolloutJob:
-    return RolloutJob(
-        run_id="r", job_id=keys.job_id("r", step, group), step=step, group_index=group,
-        rollouts_per_group=3, scenario=Scenario(instance_id=f"task{group}", problem_statement="x"),
-        grading=None, policy=PolicyRef(inference_name="m@0", policy_step=0, endpoint="http://x"),
-        limits=RolloutLimits(max_steps=1, max_context_tokens=1000, max_completion_tokens=10,
-                             code_timeout_s=1, max_output_chars=100, request_timeout_s=1,
-                             rollout_retries=0, retry_backoff_s=0),
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward", results_stream=keys.results_stream("r"),
-        lease_ttl_s=2, enqueued_at=0.0,
+    return rollout_job(
+        run_id="r", step=step, group=group, rollouts_per_group=3, instance_id=f"task{group}",
+        problem_statement="x", lease_ttl_s=2,
     )  # fmt: skip
 
 
