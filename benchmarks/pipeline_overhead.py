@@ -39,9 +39,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from common import keys  # noqa: E402
-from common.config import import_callable  # noqa: E402
+from common.config import ExperimentConfig, import_callable  # noqa: E402
 from common.queue import enqueue_group, rollout_queue  # noqa: E402
-from common.wire import PolicyRef, RolloutJob, RolloutLimits, Scenario  # noqa: E402
+from common.wire import PolicyRef, RolloutJob, Scenario  # noqa: E402
 from rollout_workers.job import score  # noqa: E402
 from rollout_workers.policy import PolicyClient  # noqa: E402
 from rollout_workers.rollout import run_rollout  # noqa: E402
@@ -50,6 +50,11 @@ from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import start_redis_server  # noqa: E402
 
 RUN_ID = "bench"
+# One REPL step, no retries; the context and output budgets are the config's defaults.
+LIMITS = ExperimentConfig(
+    max_steps=1, max_completion_tokens=64, code_timeout_s=30, request_timeout_s=60,
+    rollout_retries=0, retry_backoff_s=0.1,
+).rollout_limits()  # fmt: skip
 
 
 def make_job(index: int, group_size: int, endpoint: str, step: int = 0) -> RolloutJob:
@@ -62,16 +67,7 @@ def make_job(index: int, group_size: int, endpoint: str, step: int = 0) -> Rollo
         scenario=Scenario(instance_id=f"bench__{index}", problem_statement="Call finish()."),
         grading=None,
         policy=PolicyRef(inference_name="bench@0", policy_step=0, endpoint=endpoint),
-        limits=RolloutLimits(
-            max_steps=1,
-            max_context_tokens=28000,
-            max_completion_tokens=64,
-            code_timeout_s=30,
-            max_output_chars=3000,
-            request_timeout_s=60,
-            rollout_retries=0,
-            retry_backoff_s=0.1,
-        ),
+        limits=LIMITS,
         system_prompt_fn="common.prompts:r2e_system_prompt",
         reward_fn="common.rewards:finished_reward",
         results_stream=keys.results_stream(RUN_ID),
