@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 async def run_training(config: ExperimentConfig) -> PipelineState:
     """Train until the schedule is exhausted; returns the final state."""
     async with open_run(config) as setup:
-        state = await TrainingLoop(setup, setup.state).run()
+        loop = TrainingLoop(setup, setup.state)
+        try:
+            state = await loop.run()
+        finally:
+            loop.close()
         setup.finished(state)
         return state
 
@@ -134,6 +138,12 @@ class TrainingLoop:
         if self.evaluator is not None:
             await self.evaluator.drain(self.setup.model, self.setup.wandb)
         return self.state
+
+    def close(self) -> None:
+        """Stop the result readers (what they read and did not hand out stays pending)."""
+        self.collector.close()
+        if self.evaluator is not None:
+            self.evaluator.gatherer.collector.close()
 
     async def _admit(self, training: bool) -> None:
         """Start as many groups as the admission rule allows, each pinned to the policy now."""
