@@ -95,16 +95,21 @@ def run_through_queue(
 
     for _ in range(min(in_flight, len(waiting))):
         enqueue_next()
-    while len(latencies) < total:
-        for received in collector.poll(block_ms=200).received:
-            now = time.time()
-            result = received.result
-            latencies.append(now - result.enqueued_at)
-            overheads.append(now - result.enqueued_at - (result.finished_at - result.started_at))
-            collector.ack([received.entry_id])
-            received_per_job[result.job_id] = received_per_job.get(result.job_id, 0) + 1
-            if received_per_job[result.job_id] == result_size(jobs, result.job_id) and waiting:
-                enqueue_next()
+    try:
+        while len(latencies) < total:
+            for received in collector.poll(block_ms=200).received:
+                now = time.time()
+                result = received.result
+                latencies.append(now - result.enqueued_at)
+                overheads.append(
+                    now - result.enqueued_at - (result.finished_at - result.started_at)
+                )
+                collector.ack([received.entry_id])
+                received_per_job[result.job_id] = received_per_job.get(result.job_id, 0) + 1
+                if received_per_job[result.job_id] == result_size(jobs, result.job_id) and waiting:
+                    enqueue_next()
+    finally:
+        collector.close()  # its reader thread would otherwise read ahead for the next wave's
     return latencies, overheads, time.time() - started
 
 
