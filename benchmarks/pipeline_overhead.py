@@ -38,42 +38,34 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from common import keys  # noqa: E402
 from common.config import ExperimentConfig, import_callable  # noqa: E402
 from common.queue import enqueue_group, rollout_queue  # noqa: E402
 from common.wire import PolicyRef, RolloutJob, Scenario  # noqa: E402
+from producer import Task  # noqa: E402
 from rollout_workers.job import score  # noqa: E402
 from rollout_workers.policy import PolicyClient  # noqa: E402
 from rollout_workers.rollout import run_rollout  # noqa: E402
 from tests.fakes.scripted_llm import ScriptedLLM  # noqa: E402
+from trainer.admission import build_job  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import start_redis_server  # noqa: E402
 
 RUN_ID = "bench"
 # One REPL step, no retries; the context and output budgets are the config's defaults.
-LIMITS = ExperimentConfig(
+CONFIG = ExperimentConfig(
     max_steps=1, max_completion_tokens=64, code_timeout_s=30, request_timeout_s=60,
-    rollout_retries=0, retry_backoff_s=0.1,
-).rollout_limits()  # fmt: skip
+    rollout_retries=0, retry_backoff_s=0.1, lease_ttl_s=30, grader="none",
+    reward_fn="common.rewards:finished_reward",
+)  # fmt: skip
 
 
 def make_job(index: int, group_size: int, endpoint: str, step: int = 0) -> RolloutJob:
-    return RolloutJob(
-        run_id=RUN_ID,
-        job_id=keys.job_id(RUN_ID, step, index),
-        step=step,
-        group_index=index,
-        rollouts_per_group=group_size,
+    task = Task(
         scenario=Scenario(instance_id=f"bench__{index}", problem_statement="Call finish()."),
         grading=None,
-        policy=PolicyRef(inference_name="bench@0", policy_step=0, endpoint=endpoint),
-        limits=LIMITS,
-        system_prompt_fn="common.prompts:r2e_system_prompt",
-        reward_fn="common.rewards:finished_reward",
-        results_stream=keys.results_stream(RUN_ID),
-        lease_ttl_s=30,
-        enqueued_at=time.time(),
     )
+    policy = PolicyRef(inference_name="bench@0", policy_step=0, endpoint=endpoint)
+    return build_job(CONFIG, RUN_ID, "", (step, index), task, policy, group_size)
 
 
 def run_through_queue(
