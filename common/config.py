@@ -1,4 +1,5 @@
-"""`ExperimentConfig`: the one place every setting lives (and the worker's and grader's configs).
+"""`ExperimentConfig`: the one place every setting of a training run lives (the worker's and the
+grader's are in `common.service_config`).
 
 Every field is a flag with the same name (`groups_per_step` -> `--groups-per-step`, built by
 `common.flags`), so `--help` is the reference. The seed's flags keep their names, defaults and
@@ -71,7 +72,7 @@ def redact_url(value: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
-def _redis_url_from_env() -> str | None:
+def redis_url_from_env() -> str | None:
     return os.environ.get(REDIS_URL_ENV) or None
 
 
@@ -174,7 +175,7 @@ class ExperimentConfig(BaseModel):
 
     # --- Queue ---
     redis_url: str | None = Field(
-        default_factory=_redis_url_from_env,
+        default_factory=redis_url_from_env,
         description="Redis URL (also from REDIS_URL, which keeps its password off the command "
         "line); unset: localhost:6379, else a private redis-server",
     )
@@ -419,43 +420,3 @@ class ExperimentConfig(BaseModel):
         """Prefix of this run's Redis keys and job ids (the trainer adds a per-run suffix)."""
         raw = f"{self.project}-{self.art_model_name}"
         return "".join(c if c.isalnum() or c in "-_" else "_" for c in raw)
-
-
-class WorkerConfig(BaseModel):
-    """A rollout worker: everything else it needs arrives with each job."""
-
-    model_config = ConfigDict(validate_assignment=True, extra="forbid")
-
-    redis_url: str = Field(
-        default_factory=lambda: _redis_url_from_env() or "redis://localhost:6379/0",
-        description="Redis URL of the trainer's queue (also from REDIS_URL, which keeps its "
-        "password off the command line)",
-    )
-    queue_name: str = Field("rollouts", description="RQ queue to take rollout jobs from")
-    redis_outage_s: float = Field(
-        60.0, gt=0, description="A Redis outage this long is ridden out; longer ends the worker"
-    )
-    worker_name: str | None = Field(None, description="Worker name; unset: host and pid")
-    burst: bool = Field(False, description="Exit when the queue is empty (for batch jobs)")
-    health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
-    max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
-    max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
-
-
-class GraderConfig(BaseModel):
-    """The grading service. Its bearer token comes from the GRADER_TOKEN environment variable."""
-
-    model_config = ConfigDict(validate_assignment=True, extra="forbid")
-
-    host: str = Field("0.0.0.0", description="Interface to listen on")
-    port: int = Field(8000, ge=1, le=65535, description="Port to listen on")
-    max_concurrent: int = Field(
-        default_factory=lambda: os.cpu_count() or 2, ge=1, description="Gradings run at once"
-    )
-    max_queued: int = Field(256, ge=0, description="Gradings that may wait; beyond, HTTP 503")
-    memory: str = Field("4g", description="Memory limit of a grading container")
-    cpus: float = Field(2.0, gt=0, description="CPU limit of a grading container")
-    pids: int = Field(512, ge=16, description="Process limit of a grading container")
-    label: str | None = Field(
-        None, description="Label of this grader's containers; unset: host:port"
-    )

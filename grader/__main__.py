@@ -9,10 +9,10 @@ import signal
 import socket
 import sys
 
-from common.config import GraderConfig
 from common.flags import parse_config
 from common.grading import TOKEN_ENV
 from common.log import setup_logging
+from common.service_config import GraderConfig
 
 log = logging.getLogger("grader")
 

@@ -13,9 +13,10 @@ import socket
 import sys
 import uuid
 
-from common.config import WorkerConfig, redact_url
+from common.config import redact_url
 from common.flags import parse_config
 from common.log import setup_logging
+from common.service_config import WorkerConfig
 
 
 def main(argv: list[str] | None = None) -> int:
