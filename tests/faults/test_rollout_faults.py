@@ -122,7 +122,7 @@ def test_rollout_past_its_deadline_is_rerun_alone(
         status = wait_for(
             lambda: (
                 (text := render_status(Redis.from_url(redis_url), "rollouts"))
-                * ("waiting for g" in text)
+                * ("waiting for s0g" in text)
             ),
             10,
             "the status to say what the step waits for",
