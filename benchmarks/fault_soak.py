@@ -11,7 +11,9 @@ Prints the faults injected by kind, steps trained, groups dropped by reason, rol
 longest step, Redis memory at start and end, and the rollouts lost (must be 0); exits 1 if any
 was lost or a step was trained twice.
 
-    uv run python benchmarks/fault_soak.py [--steps 40] [--seed 0] [--every-s 3]
+    uv run python benchmarks/fault_soak.py [--steps 40] [--seed 0] [--every-s 3] [--off-policy 2]
+
+`--off-policy S` runs the trainer with `--max-steps-off-policy S` (asynchronous training).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ FAULTS = (
 
 
 class Soak:
-    def __init__(self, workdir: Path, steps: int, seed: int) -> None:
+    def __init__(self, workdir: Path, steps: int, seed: int, off_policy: int = 0) -> None:
         self.workdir = workdir
+        self.off_policy = off_policy
         self.rng = random.Random(seed)
         self.dataset = write_r2e_jsonl(workdir / "r2e.jsonl", rows=steps * GROUPS)
         self.art = workdir / "art"
@@ -188,12 +191,25 @@ class Soak:
             for key, value in row.items():
                 if key.startswith("pipeline/groups_dropped/"):
                     dropped[key.removeprefix("pipeline/groups_dropped/")] += int(value)
-        accounted = sum(r["pipeline/groups_trained"] + r["pipeline/groups_dropped"] for r in rows)
-        lost = (self.steps * GROUPS - int(accounted)) * ROLLOUTS
+        # Every group started is trained, dropped, cancelled (too stale) or, when the run ends,
+        # left unsettled (asynchronous mode's groups still running are cancelled then).
+        accounted = sum(
+            r["pipeline/groups_trained"] + r["pipeline/groups_dropped"]
+            + r.get("pipeline/groups_cancelled", 0)
+            for r in rows
+        )  # fmt: skip
+        state = self._read_json(
+            self.art / "rlm-training/models/r2e-rlm-qwen3-14b-default/state.json"
+        ).get("rlm_pipeline", {})
+        unsettled = (
+            state.get("admitted", 0) - state.get("settled_below", 0) - len(state.get("settled", []))
+        )
+        lost = (self.steps * GROUPS - int(accounted) - unsettled) * ROLLOUTS
         trained_steps = [c["step"] for c in calls]
         once = trained_steps == list(range(1, len(trained_steps) + 1))
         longest = max(
-            (r["pipeline/step_wait_s"] + r["pipeline/step_train_s"] for r in rows), default=0
+            (r.get("pipeline/step_wait_s", 0) + r.get("pipeline/step_train_s", 0) for r in rows),
+            default=0,
         )
         lines = [
             f"| steps | {self.steps} ({len(rows)} logged, {len(calls)} trained, each once: {once}) |",
@@ -205,8 +221,10 @@ class Soak:
             + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "0")
             + " |",
             f"| rollouts rerun | {int(sum(r.get('pipeline/rerun_rollouts', 0) for r in rows))} |",
-            f"| jobs requeued | {int(sum(r['pipeline/requeued_jobs'] for r in rows))} |",
-            f"| dead letters | {int(sum(r['pipeline/dead_letters'] for r in rows))} |",
+            f"| jobs requeued | {int(sum(r.get('pipeline/requeued_jobs', 0) for r in rows))} |",
+            f"| dead letters | {int(sum(r.get('pipeline/dead_letters', 0) for r in rows))} |",
+            f"| groups cancelled, unsettled at the end | "
+            f"{int(sum(r.get('pipeline/groups_cancelled', 0) for r in rows))}, {unsettled} |",
             f"| longest step | {longest:.1f} s |",
             f"| Redis memory | {self.memory_start:.1f} MB at start, {self.memory_end:.1f} MB at end |",
             f"| trainer restarts after a refused start | {self.restarts_after_refusal} |",
@@ -233,8 +251,11 @@ class Soak:
             "num-epochs": 1, "max-steps": 3, "lease-ttl-s": 2, "rollout-deadline-s": 15,
             "request-timeout-s": 3, "retry-backoff-s": 0.05, "rollout-retries": 3,
             "grader": "none", "reward-fn": "common.rewards:finished_reward",
+            "max-steps-off-policy": self.off_policy,
         }  # fmt: skip
-        command = [sys.executable, "-m", "trainer", "--no-wandb"]
+        # Toy rewards tie often: every group counts, so none is lost to the zero-variance rule.
+        command_flags = ["--keep-zero-variance"]
+        command = [sys.executable, "-m", "trainer", "--no-wandb", *command_flags]
         for flag, value in args.items():
             command += [f"--{flag}", str(value)]
         return subprocess.Popen(command, cwd=ROOT, stdout=self._logs, stderr=subprocess.STDOUT)
@@ -283,9 +304,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every-s", type=float, default=3.0, help="mean seconds between faults")
+    parser.add_argument("--off-policy", type=int, default=0, help="--max-steps-off-policy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fault-soak-") as tmp:
-        soak = Soak(Path(tmp), args.steps, args.seed)
+        soak = Soak(Path(tmp), args.steps, args.seed, args.off_policy)
         started = time.monotonic()
         try:
             code = soak.run(args.every_s)
