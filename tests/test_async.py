@@ -37,7 +37,7 @@ def _staleness(call: dict) -> list[int]:
 def test_groups_start_while_train_runs_and_stay_within_the_staleness_bound(
     redis_url: str, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(TRAIN_S_ENV, "1.0")  # each train() takes a second
+    monkeypatch.setenv(TRAIN_S_ENV, "2.0")  # each train() takes two seconds
     art_path = tmp_path / "art"
     with ScriptedLLM(delay_s=0.05) as llm:
         state = _run(
