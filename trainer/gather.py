@@ -61,9 +61,9 @@ class Gatherer:
         return sorted(done, key=lambda g: g.completed_at or 0.0)
 
     def settle(self, key: GroupKey) -> list[str]:
-        """The group leaves (trained or dropped); returns its entries, to acknowledge once the
-        step that settled it is checkpointed."""
-        self.dispatcher.finish(key)
+        """A complete group leaves (trained or dropped; the dispatcher let go of it when it
+        completed); returns its entries, to acknowledge once the step that settled it is
+        checkpointed."""
         return self.groups.pop(key).entry_ids
 
     def cancel(self, key: GroupKey) -> list[str]:
