@@ -243,6 +243,13 @@ class ExperimentConfig(BaseModel):
         description="Wall time of one rollout; past it the agent gets no more turns and the "
         "rollout ends as truncated; unset: no limit",
     )
+    post_replies_over_tokens: int = Field(
+        1024,
+        ge=-1,
+        description="A policy reply of at least this many completion tokens is posted to the "
+        "trainer as it arrives, so the trainer builds it while the rollout goes on (the "
+        "result then refers to it); -1: replies travel only with the result",
+    )
 
     # --- Asynchronous training, stragglers, evaluation ---
     max_steps_off_policy: int = Field(

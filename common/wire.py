@@ -13,7 +13,10 @@ decodes as kind `packed`, unpacked only when the trainer builds ART's objects fr
 without its token ids and logprobs: those arrays (7 of ~9 bytes a token) barely compress (a
 large vocabulary's ids, float32 logprobs), and zlib spent three quarters of its time on them;
 they travel beside it, referenced from the body by msgpack extension values (when a sample of
-them does compress, they stay inside). Versions 1 to 3 still decode.
+them does compress, they stay inside). From version 5 a long policy reply may be posted on its
+own as soon as it arrives (a `ChoicePart`, so the trainer builds it while the rollout goes on);
+the trajectory then refers to it by its stream entry id (kind `part`). Versions 1 to 4 still
+decode.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from common.packed import no_gc, pack_choice, unpack_choice
 # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
 # 3: choices packed (per-token arrays, common.packed); a large body may be zlib-compressed
 # 4: a compressed body's token ids and logprobs travel beside it, uncompressed ("arrays")
-SCHEMA_VERSION = 4
-DECODABLE_VERSIONS = (1, 2, 3, 4)
-COMPRESS_OVER = 64 * 1024  # bodies larger than this travel zlib-compressed when it pays
+# 5: ChoicePart, and trajectory items of kind "part" that refer to one
+SCHEMA_VERSION = 5
+DECODABLE_VERSIONS = (1, 2, 3, 4, 5)
+COMPRESS_OVER = 16 * 1024  # bodies larger than this travel zlib-compressed when it pays
 SAMPLE_BYTES = 256  # of each array, to judge whether the arrays compress
 ARRAY_EXT = 1  # msgpack extension type: a reference to the envelope's arrays (uint32 index)
 _INDEX = struct.Struct("<I")
@@ -87,6 +91,7 @@ class RolloutLimits(_Wire):
     retry_backoff_s: float
     max_sub_queries: int = 10
     rollout_time_limit_s: float | None = None  # wall time of a rollout; past it: truncated
+    post_replies_over_tokens: int = -1  # replies this long are posted as they arrive; -1: never
 
 
 class RolloutJob(_Wire):
@@ -127,8 +132,12 @@ class RolloutJob(_Wire):
 
 
 class WireItem(_Wire):
-    kind: Literal["message", "choice", "packed"]  # packed: a choice as v3 decodes it
+    # packed: a choice as v3 on decode it; part: {"id": entry id} of a posted ChoicePart
+    kind: Literal["message", "choice", "packed", "part"]
     data: dict[str, Any]
+    # On the worker: the stream entry this choice was posted as (its ChoicePart), so the
+    # trajectory sends only a reference to it. Never on the wire itself.
+    part: str = ""
 
     def choice(self) -> dict[str, Any]:
         """The raw `choices[0]` dict of a choice item, packed or not."""
@@ -182,8 +191,23 @@ class RolloutResult(_Wire):
     finished_at: float
 
 
+class ChoicePart(_Wire):
+    """One policy reply of a rollout under way, posted as it arrived (worker -> trainer)."""
+
+    run_id: str
+    rollout_id: str
+    step: int
+    group_index: int
+    rollout_index: int
+    item: WireItem  # kind "choice" when sent, "packed" when decoded
+
+
 _M = TypeVar("_M", bound=_Wire)
-_TYPES: dict[str, type[_Wire]] = {"rollout_job": RolloutJob, "rollout_result": RolloutResult}
+_TYPES: dict[str, type[_Wire]] = {
+    "rollout_job": RolloutJob,
+    "rollout_result": RolloutResult,
+    "choice_part": ChoicePart,
+}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
@@ -211,13 +235,16 @@ class _Arrays:
         self.arrays, self._places = [], []
 
 
+def _item(item: WireItem, arrays: _Arrays) -> dict[str, Any]:
+    if item.kind != "choice":
+        return {"kind": item.kind, "data": item.data}
+    if item.part:
+        return {"kind": "part", "data": {"id": item.part}}
+    return {"kind": "packed", "data": arrays.take(pack_choice(item.data))}
+
+
 def _items(items: list[WireItem], arrays: _Arrays) -> list[dict[str, Any]]:
-    return [
-        {"kind": "packed", "data": arrays.take(pack_choice(i.data))}
-        if i.kind == "choice"
-        else {"kind": i.kind, "data": i.data}
-        for i in items
-    ]
+    return [_item(i, arrays) for i in items]
 
 
 def _trajectory_body(trajectory: WireTrajectory, arrays: _Arrays) -> dict[str, Any]:
@@ -232,6 +259,11 @@ def _trajectory_body(trajectory: WireTrajectory, arrays: _Arrays) -> dict[str, A
 
 
 def _body(message: _Wire, arrays: _Arrays) -> dict[str, Any]:
+    if isinstance(message, ChoicePart):
+        body = message.model_dump(exclude={"item"})
+        with no_gc():
+            body["item"] = _item(message.item, arrays)
+        return {name: body[name] for name in ChoicePart.model_fields}
     if not isinstance(message, RolloutResult) or message.trajectory is None:
         return message.model_dump()
     body = message.model_dump(exclude={"trajectory"})
@@ -286,8 +318,8 @@ def _array(arrays: list[bytes], code: int, data: bytes) -> bytes:
 
 def _inflated(envelope: dict[str, Any]) -> dict[str, Any]:
     arrays = envelope.get("arrays", [])
-    if envelope["v"] != (4 if "arrays" in envelope else 3):
-        raise WireError("a compressed body is version 3, or version 4 with its arrays")
+    if envelope["v"] not in ((4, 5) if "arrays" in envelope else (3,)):
+        raise WireError("a compressed body is version 3, or version 4 on with its arrays")
     if not isinstance(envelope["zbody"], bytes) or not (
         type(arrays) is list and all(type(a) is bytes for a in arrays)
     ):

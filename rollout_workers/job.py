@@ -41,6 +41,7 @@ from rollout_workers import policy
 from rollout_workers.cancel import GroupCancellation, RolloutCancelled
 from rollout_workers.outcome import RolloutOutcome
 from rollout_workers.policy import PolicyClient
+from rollout_workers.replies import ReplyPoster
 from rollout_workers.rollout import run_rollout
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ async def _rollout_and_post(
         attempts += 1
         try:
             # Filled in as it goes: a rollout that fails still has its iterations to log.
-            outcome = RolloutOutcome()
+            outcome = RolloutOutcome(reply_item=ReplyPoster(connection, job, index).item)
             await run_rollout(
                 job, client, system_prompt, record=record, outcome=outcome,
                 cancellation=cancellation,

@@ -6,10 +6,16 @@ A module of its own so that both write to it without importing each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.wire import WireHistory, WireItem
+
+
+def inline_reply(choice: dict[str, Any]) -> WireItem:
+    """A policy reply that travels with its rollout's result."""
+    return WireItem(kind="choice", data=choice)
 
 
 @dataclass
@@ -30,3 +36,5 @@ class RolloutOutcome:
     context_trims: int = 0  # each one started a new segment (an additional history)
     diff: str = ""
     iterations: list[dict[str, Any]] = field(default_factory=list)  # RLM visualizer lines
+    # A policy reply -> its trajectory item (`rollout_workers.replies` posts long ones now)
+    reply_item: Callable[[dict[str, Any]], WireItem] = field(default_factory=lambda: inline_reply)

@@ -151,7 +151,7 @@ async def _loop(
             outcome.llm_time_s += time.monotonic() - began
             outcome.steps += 1
             sub_queries.count(completion)
-            segment.append(WireItem(kind="choice", data=completion.choice))
+            segment.append(outcome.reply_item(completion.choice))
             context.answered(
                 completion.content, completion.prompt_tokens, completion.completion_tokens
             )

@@ -107,7 +107,7 @@ class SubAgents:
         usage["calls"] += 1
         usage["prompt_tokens"] += completion.prompt_tokens
         usage["completion_tokens"] += completion.completion_tokens
-        items.append(WireItem(kind="choice", data=completion.choice))
+        items.append(self.outcome.reply_item(completion.choice))
         messages.append({"role": "assistant", "content": completion.content})
         return completion.content, completion.prompt_tokens + completion.completion_tokens
 

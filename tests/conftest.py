@@ -232,6 +232,9 @@ def trainer_args(
         # The scripted agent's rewards often tie: plumbing tests train every group (the drop
         # of zero-variance groups is tested on its own).
         "keep_zero_variance": True,
+        # Every reply posted ahead of its result (the scripted ones are short): the pipeline
+        # and fault tests run the protocol with replies in flight.
+        "post_replies_over_tokens": 0,
     }
     values.update(overrides)
     args = [] if values.pop("wandb_offline", False) else ["--no-wandb"]

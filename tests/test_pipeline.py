@@ -19,6 +19,7 @@ from common import keys
 from common.config import ExperimentConfig
 from common.flags import parse_config
 from common.queue import SERIALIZER
+from common.wire import RolloutResult, decode
 from tests.conftest import (
     Processes,
     assert_nothing_left_running,
@@ -68,6 +69,16 @@ def assert_trained_correctly(art_path: Path, steps: int = STEPS, groups: int = G
 def posted(redis: Redis, stream: str) -> int:
     """Entries ever added to the stream (the trainer deletes those it checkpointed)."""
     return int(redis.xinfo_stream(stream)["entries-added"]) if redis.exists(stream) else 0
+
+
+def results_on_stream(redis: Redis, stream: str, step: int) -> int:
+    """Results of step `step` on the stream (none is acknowledged, so deleted, before its
+    step is checkpointed)."""
+    return sum(
+        decode(fields[b"data"], RolloutResult).step == step
+        for _, fields in redis.xrange(stream)
+        if b"data" in fields
+    )
 
 
 def nothing_left_unacknowledged(redis_url: str, art_path: Path) -> bool:
@@ -166,7 +177,9 @@ def test_worker_stopped_mid_job(
     agent = _OneThinksLonger()
     with ScriptedLLM(script=agent, hold_when=_second_turn) as llm:
         processes.worker(redis_url, "a")
-        trainer = processes.trainer(trainer_args(redis_url, llm.url, dataset, art_path))
+        # Replies inline: the stream's entries count rollouts (posted exactly once).
+        args = trainer_args(redis_url, llm.url, dataset, art_path, post_replies_over_tokens=-1)
+        trainer = processes.trainer(args)
         assert llm.wait_held(1, 60), processes.logs()
         [victim] = Worker.all(connection=redis, serializer=SERIALIZER)
         job_id = victim.get_current_job_id()
@@ -193,21 +206,28 @@ def test_worker_stopped_mid_job(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("replies", ["inline", "ahead"])
 def test_trainer_killed_mid_step_resumes(
-    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes
+    redis_url: str, dataset: Path, tmp_path: Path, processes: Processes, replies: str
 ) -> None:
+    """`ahead`: every reply is posted before its result, so the first trainer dies holding
+    replies built and unclaimed (those of the held group among them); inline, the stream's
+    entries count rollouts, each posted exactly once."""
     art_path = tmp_path / "art"
     redis = Redis.from_url(redis_url)
     with ScriptedLLM(hold_when=_HoldOneGroupOfStep(1)) as llm:
         for name in ("a", "b"):
             processes.worker(redis_url, name)
-        args = trainer_args(redis_url, llm.url, dataset, art_path)
+        args = trainer_args(
+            redis_url, llm.url, dataset, art_path,
+            post_replies_over_tokens=0 if replies == "ahead" else -1,
+        )  # fmt: skip
         first = processes.trainer(args)
         stream = results_stream(art_path)
         # Kill it once one group of step 1 has its rollouts in the stream while the other is
         # held mid-request by the LLM: it cannot have trained step 1.
         assert llm.wait_held(ROLLOUTS, 60), processes.logs()
-        wait_for(lambda: posted(redis, stream) == (GROUPS + 1) * ROLLOUTS, 60, "step 1 results")
+        wait_for(lambda: results_on_stream(redis, stream, 1) == ROLLOUTS, 60, "step 1 results")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         llm.release()
@@ -216,8 +236,9 @@ def test_trainer_killed_mid_step_resumes(
         assert second.wait(120) == 0, processes.logs()
 
     assert_trained_correctly(art_path)
-    # Every rollout was posted once: the restarted trainer reused what the first one left.
-    assert posted(redis, stream) == STEPS * GROUPS * ROLLOUTS
+    if replies == "inline":
+        # Every rollout was posted once: the restarted trainer reused what the first one left.
+        assert posted(redis, stream) == STEPS * GROUPS * ROLLOUTS
     assert nothing_left_unacknowledged(redis_url, art_path)
     assert redis.xlen(stream) == 0, "checkpointed steps' entries are deleted from the stream"
 

@@ -213,7 +213,7 @@ def test_golden_bytes(name: str, message: RolloutJob | RolloutResult | None) -> 
         assert decoded == message
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize(("name", "message"), GOLDEN)
 def test_older_versions_still_decode(
     version: int, name: str, message: RolloutJob | RolloutResult

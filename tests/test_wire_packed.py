@@ -19,7 +19,7 @@ from openai.types.chat.chat_completion import Choice
 
 from common import packed
 from common.errors import WireError
-from common.wire import RolloutResult, WireItem, WireTrajectory, decode, encode
+from common.wire import SCHEMA_VERSION, RolloutResult, WireItem, WireTrajectory, decode, encode
 from trainer.collector import rebuild_problem
 from trainer.trajectories import to_art_trajectory
 
@@ -241,16 +241,16 @@ def test_large_bodies_travel_compressed_and_damage_is_a_wire_error() -> None:
     data = encode(result)
     envelope = msgpack.unpackb(data)
     assert set(envelope) == {"v", "type", "zbody", "arrays"} and len(data) < len(words) / 5
-    assert envelope["v"] == 4 and envelope["arrays"] == []
+    assert envelope["v"] == SCHEMA_VERSION and envelope["arrays"] == []
     assert decode(data, RolloutResult) == result
     broken = msgpack.packb(envelope | {"zbody": envelope["zbody"][:-9]})
     with pytest.raises(WireError, match="does not inflate"):
         decode(broken, RolloutResult)
-    with pytest.raises(WireError, match="version 3, or version 4 with its arrays"):
+    with pytest.raises(WireError, match="version 3, or version 4 on with its arrays"):
         decode(msgpack.packb(envelope | {"v": 3}), RolloutResult)
     v3 = {k: v for k, v in envelope.items() if k != "arrays"}
     assert decode(msgpack.packb(v3 | {"v": 3}), RolloutResult) == result  # as v3 sent it
-    with pytest.raises(WireError, match="version 3, or version 4 with its arrays"):
+    with pytest.raises(WireError, match="version 3, or version 4 on with its arrays"):
         decode(msgpack.packb(v3), RolloutResult)
 
 
@@ -344,5 +344,5 @@ def test_extensions_outside_a_compressed_body_are_refused() -> None:
 
 
 def test_unknown_versions_are_refused() -> None:
-    with pytest.raises(WireError, match="schema version 5"):
-        decode(msgpack.packb({"v": 5, "type": "rollout_result", "body": {}}), RolloutResult)
+    with pytest.raises(WireError, match="schema version 6"):
+        decode(msgpack.packb({"v": 6, "type": "rollout_result", "body": {}}), RolloutResult)

@@ -12,27 +12,37 @@ stream while a builder thread decodes each entry and builds its ART objects (~1 
 120k-token rollout is ~0.1 s of CPU), so neither the training loop nor the reader waits for a
 build; `poll` only waits for what is built. A Redis failure in either thread (past the client's
 retries) is raised by the next `poll`.
+
+Long policy replies may arrive before their result, as `ChoicePart` entries
+(`rollout_workers.replies`): each is built on arrival and kept until its result claims it by
+entry id (a reply no longer kept, or never read, is fetched from the stream then). A part is
+handed to the loop as `PartReceived`, so that it is acknowledged with its group, claimed or not.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import art
+from openai.types.chat.chat_completion import Choice
 from redis import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.errors import WireError
-from common.packed import freeze_heap
-from common.wire import RolloutResult, WireTrajectory, decode
+from common.packed import freeze_heap, no_gc
+from common.wire import ChoicePart, RolloutResult, WireTrajectory, decode
 from trainer.ingest import PAUSE, ReadAhead
-from trainer.trajectories import to_art_trajectory
+from trainer.trajectories import PartResolver, packed_choice, to_art_trajectory
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_KEPT = 10_000  # the dead-letter stream is capped at about this many entries
+PARTS_KEPT_TOKENS = 16 << 20  # built replies kept for their results (~8 GB); older: refetched
 READ_BLOCK_MS = 200  # the reader's wait for new entries (it checks for a stop between waits)
 
 Entry = tuple[str, dict]  # a stream entry: id, fields
@@ -55,10 +65,61 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class PartReceived:
+    """A reply posted ahead of its result: acknowledged with its group."""
+
+    entry_id: str
+    step: int
+    group_index: int
+
+
 @dataclass
 class Polled:
     received: list[Received] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    parts: list[PartReceived] = field(default_factory=list)
+
+
+class PartMissing(LookupError):
+    """A result refers to a reply that is not (or no longer) on the stream."""
+
+
+class BuiltParts:
+    """Replies built on arrival, by entry id, until their result claims them (thread-safe: the
+    builder thread adds and claims, the loop forgets those of settled groups)."""
+
+    def __init__(self, max_tokens: int = PARTS_KEPT_TOKENS) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._lock = threading.Lock()
+        self._parts: OrderedDict[str, tuple[str, Choice, int]] = OrderedDict()
+
+    def add(self, entry_id: str, rollout_id: str, choice: Choice) -> None:
+        tokens = len(choice.logprobs.content) if choice.logprobs and choice.logprobs.content else 0
+        with self._lock:
+            self._parts[entry_id] = (rollout_id, choice, tokens)
+            self.tokens += tokens
+            while self.tokens > self.max_tokens and len(self._parts) > 1:
+                self.tokens -= self._parts.popitem(last=False)[1][2]  # the oldest: refetched
+
+    def claim(self, entry_id: str) -> tuple[str, Choice] | None:
+        with self._lock:
+            kept = self._parts.pop(entry_id, None)
+            if kept is None:
+                return None
+            self.tokens -= kept[2]
+            return kept[0], kept[1]
+
+    def forget(self, entry_ids: list[str]) -> None:
+        with self._lock:
+            for entry_id in entry_ids:
+                kept = self._parts.pop(entry_id, None)
+                if kept is not None:
+                    self.tokens -= kept[2]
+
+    def __len__(self) -> int:
+        return len(self._parts)
 
 
 class ResultCollector:
@@ -68,9 +129,10 @@ class ResultCollector:
         self.dead_letter_stream = keys.dead_letters(run_id)
         self.dead_letters = 0
         self._backlog_cursor: str | None = "0"  # None once our unacknowledged backlog is read
+        self.parts = BuiltParts()
         self._create_group()
         freeze_heap()  # the trainer's imports out of the cycle collector's way (common.packed)
-        self._ahead: ReadAhead[Entry, Received | Rejected] = ReadAhead(
+        self._ahead: ReadAhead[Entry, Received | Rejected | PartReceived] = ReadAhead(
             f"ingest {self.stream}", self._fetch, self._ingest, _entry_size
         )
 
@@ -89,6 +151,8 @@ class ResultCollector:
         for item in self._ahead.take(block_ms / 1000, count):
             if isinstance(item, Received):
                 polled.received.append(item)
+            elif isinstance(item, PartReceived):
+                polled.parts.append(item)
             else:
                 polled.rejected.append(item)
         self._regroup()
@@ -96,6 +160,7 @@ class ResultCollector:
 
     def ack(self, entry_ids: list[str]) -> None:
         """Acknowledge entries and delete them from the stream: their step is checkpointed."""
+        self.parts.forget(entry_ids)  # replies no result claimed (their rollout was rerun)
         if entry_ids:
             with self.connection.pipeline(transaction=True) as pipe:
                 pipe.xack(self.stream, keys.TRAINER_GROUP, *entry_ids)
@@ -144,19 +209,48 @@ class ResultCollector:
             self.connection.xack(self.stream, keys.TRAINER_GROUP, *gone)
         return [(_text(entry_id), fields) for entry_id, fields in entries if fields is not None]
 
-    def _ingest(self, entry: Entry) -> Received | Rejected | None:
+    def _ingest(self, entry: Entry) -> Received | Rejected | PartReceived | None:
         """The builder thread: decode and build ART's objects, or quarantine."""
         entry_id, fields = entry
+        if b"part" in fields:
+            return self._ingest_part(entry_id, fields)
         try:
             result = decode(fields.get(b"data", b""), RolloutResult)
         except WireError as exc:
             self._dead_letter(entry_id, fields, str(exc))
             return None
-        trajectory, problem = _rebuild(result)
+        trajectory, problem = _rebuild(result, lambda part_id: self._claim(part_id, result))
         if problem is None:
             return Received(entry_id, result, trajectory)
         self._dead_letter(entry_id, fields, problem)
         return Rejected(result.step, result.group_index, result.rollout_index, problem)
+
+    def _ingest_part(self, entry_id: str, fields: dict) -> PartReceived | None:
+        try:
+            part, choice = _build_part(fields)
+        except (WireError, ValueError, TypeError, KeyError) as exc:
+            self._dead_letter(entry_id, fields, f"reply cannot be rebuilt: {exc}")
+            return None
+        self.parts.add(entry_id, part.rollout_id, choice)
+        return PartReceived(entry_id, part.step, part.group_index)
+
+    def _claim(self, entry_id: Any, result: RolloutResult) -> Choice:
+        """A reply the result refers to: built on arrival, or fetched and built now."""
+        if not isinstance(entry_id, str):
+            raise PartMissing(f"a reply referred to by {entry_id!r:.50}, not an entry id")
+        kept = self.parts.claim(entry_id)
+        if kept is None:
+            try:
+                entries = self.connection.xrange(self.stream, entry_id, entry_id)
+            except ResponseError as exc:  # not an entry id
+                raise PartMissing(f"reply {entry_id!r:.50}: {exc}") from exc
+            if not entries or not entries[0][1] or b"part" not in entries[0][1]:
+                raise PartMissing(f"reply {entry_id} is not on the stream")
+            part, choice = _build_part(entries[0][1])
+            kept = part.rollout_id, choice
+        if kept[0] != result.rollout_id:
+            raise PartMissing(f"reply {entry_id} belongs to rollout {kept[0]}")
+        return kept[1]
 
     def _dead_letter(self, entry_id: str, fields: dict, error: str) -> None:
         self.dead_letters += 1
@@ -174,11 +268,21 @@ class ResultCollector:
 
 
 def _entry_size(entry: Entry) -> int:
-    data = entry[1].get(b"data")
+    data = entry[1].get(b"data", entry[1].get(b"part"))
     return len(data) if isinstance(data, bytes) else 0
 
 
-def _rebuild(result: RolloutResult) -> tuple[art.Trajectory | None, str | None]:
+def _build_part(fields: dict) -> tuple[ChoicePart, Choice]:
+    part = decode(fields[b"part"], ChoicePart)
+    if part.item.kind != "packed":
+        raise WireError(f"a ChoicePart holds a reply, not a {part.item.kind!r} item")
+    with no_gc():
+        return part, packed_choice(part.item.data)
+
+
+def _rebuild(
+    result: RolloutResult, parts: PartResolver | None = None
+) -> tuple[art.Trajectory | None, str | None]:
     """An ok result's trajectory as ART's types, or why it cannot become them (so it cannot
     train). Failed results carry none."""
     if result.status != "ok":
@@ -186,7 +290,9 @@ def _rebuild(result: RolloutResult) -> tuple[art.Trajectory | None, str | None]:
     if result.trajectory is None:
         return None, "an ok result without a trajectory"
     try:
-        return to_art_trajectory(result.trajectory), None
+        return to_art_trajectory(result.trajectory, parts), None
+    except RedisError:
+        raise  # fetching a reply failed: the reader's failure, not the result's
     except Exception as exc:  # pydantic, the packed format, or anything ART's constructors raise
         first = str(exc).strip().splitlines()[:3]
         return None, f"trajectory cannot be rebuilt: {type(exc).__name__}: {' '.join(first)}"

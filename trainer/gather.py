@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.wire import RolloutJob
-from trainer.collector import Polled, Received, ResultCollector
+from trainer.collector import PartReceived, Polled, Received, ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.groups import GroupKey, GroupResults, group_key
 from trainer.services import LocalServices
@@ -38,7 +38,8 @@ class Gatherer:
     is_settled: Callable[[GroupKey], bool]
     publish_status: StatusPublisher
     groups: dict[GroupKey, GroupResults] = field(default_factory=dict)  # started, unsettled
-    later: dict[GroupKey, list[Received]] = field(default_factory=dict)  # not started yet
+    # what arrived for groups not started yet (an earlier life of the trainer started them)
+    later: dict[GroupKey, list[Received | PartReceived]] = field(default_factory=dict)
     stale_results: int = 0  # results of settled groups, acknowledged away
     _next_watch: float = 0.0
     _next_progress: float = 0.0
@@ -47,8 +48,11 @@ class Gatherer:
         """Enqueue (or adopt) the group's job and watch for its rollouts."""
         group = GroupResults(self.dispatcher.start(job))
         self.groups[group.key] = group
-        for received in self.later.pop(group.key, []):
-            group.add(received.entry_id, received.result, received.trajectory)
+        for item in self.later.pop(group.key, []):
+            if isinstance(item, PartReceived):
+                group.entry_ids.append(item.entry_id)
+            else:
+                group.add(item.entry_id, item.result, item.trajectory)
         self._mark_complete(group)
 
     @property
@@ -79,6 +83,8 @@ class Gatherer:
     def take(self, polled: Polled, step: int, phase: str) -> None:
         """File what was read, and every `watch_every_s` requeue lost jobs and rerun late
         rollouts."""
+        for part in polled.parts:
+            self._take_part(part)
         for item in polled.received:
             self._take(item)
         for rejected in polled.rejected:
@@ -114,6 +120,17 @@ class Gatherer:
             self.collector.ack([item.entry_id])
         else:  # an earlier life started this group; this one has not yet
             self.later.setdefault(key, []).append(item)
+
+    def _take_part(self, part: PartReceived) -> None:
+        """A reply posted ahead of its result: acknowledged with its group, claimed or not."""
+        key = (part.step, part.group_index)
+        group = self.groups.get(key)
+        if group is not None:
+            group.entry_ids.append(part.entry_id)
+        elif self.is_settled(key):
+            self.collector.ack([part.entry_id])
+        else:
+            self.later.setdefault(key, []).append(part)
 
     def _mark_complete(self, group: GroupResults) -> None:
         if group.complete and group.completed_at is None:

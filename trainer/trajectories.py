@@ -13,7 +13,7 @@ them again would cost ~1.4 us a token; building them here costs ~0.4 us.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any
 
@@ -95,11 +95,18 @@ def packed_choice(data: dict[str, Any]) -> Choice:
     return choice
 
 
-def _items_to_art(items: list[WireItem]) -> list[Any]:
+PartResolver = Callable[[str], Choice]  # a posted part's stream entry id -> its Choice
+
+
+def _items_to_art(items: list[WireItem], parts: PartResolver | None) -> list[Any]:
     out: list[Any] = []
     for item in items:
         if item.kind == "packed":
             out.append(packed_choice(item.data))
+        elif item.kind == "part":
+            if parts is None:
+                raise ValueError("a trajectory with posted parts is rebuilt by the collector")
+            out.append(parts(item.data["id"]))
         elif item.kind == "choice":
             out.append(Choice.model_validate(item.data))
         else:
@@ -117,18 +124,19 @@ def _items_from_art(messages_and_choices: Iterable[Any]) -> list[WireItem]:
     return items
 
 
-def to_art_trajectory(wire: WireTrajectory) -> art.Trajectory:
+def to_art_trajectory(wire: WireTrajectory, parts: PartResolver | None = None) -> art.Trajectory:
+    """`parts` gives the Choices of turns the worker posted as they ended (`kind="part"`)."""
     with packed.no_gc():
-        return _to_art_trajectory(wire)
+        return _to_art_trajectory(wire, parts)
 
 
-def _to_art_trajectory(wire: WireTrajectory) -> art.Trajectory:
+def _to_art_trajectory(wire: WireTrajectory, parts: PartResolver | None) -> art.Trajectory:
     return art.Trajectory(
-        messages_and_choices=_items_to_art(wire.messages_and_choices),
+        messages_and_choices=_items_to_art(wire.messages_and_choices, parts),
         tools=wire.tools,
         additional_histories=[
             art.trajectories.History(
-                messages_and_choices=_items_to_art(h.messages_and_choices), tools=h.tools
+                messages_and_choices=_items_to_art(h.messages_and_choices, parts), tools=h.tools
             )
             for h in wire.additional_histories
         ],

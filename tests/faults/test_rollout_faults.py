@@ -30,7 +30,11 @@ def test_malformed_results_are_quarantined_and_rerun(
 ) -> None:
     redis = Redis.from_url(redis_url)
     with ScriptedLLM(delay_s=0.2) as llm:
-        run = FaultRun(redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=90)
+        # Replies inline: the first entry is a result, whose reply is damaged below.
+        run = FaultRun(
+            redis_url, llm.url, dataset, tmp_path / "art", max_wall_s=90,
+            overrides={"post_replies_over_tokens": -1},
+        )  # fmt: skip
         processes.worker(redis_url, "a")
         trainer = processes.trainer(run.args())
         stream = results_stream(run.art_path)
