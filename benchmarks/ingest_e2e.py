@@ -8,7 +8,10 @@ then `ResultCollector.poll` (its reader and builder threads decode and build ART
 Its CPU time (all threads) is the trainer's plus the worker's; Redis's own
 `total_net_input_bytes` is what it received.
 
-    uv run python benchmarks/ingest_e2e.py [--turns 8] [--tokens 4000] [--rollouts 4] [--version 4]
+With `--version 5` each reply goes through the worker's `ReplyPoster` (posted ahead of its
+result when it has at least --post-replies-over-tokens tokens, as a worker does).
+
+    uv run python benchmarks/ingest_e2e.py [--turns 8] [--tokens 4000] [--rollouts 4] [--version 5]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from ingest_shapes import RUN_ID, encode_as, make_result  # noqa: E402
+from ingest_shapes import RUN_ID, encode_as, entries_of, make_result  # noqa: E402
 
 from common import keys  # noqa: E402
 from common.wire import (  # noqa: E402
@@ -39,6 +42,8 @@ from common.wire import (  # noqa: E402
     WireTrajectory,
 )
 from rollout_workers.policy import PolicyClient, warm_up  # noqa: E402
+from rollout_workers.replies import ReplyPoster  # noqa: E402
+from tests.jobs import rollout_job  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import free_port, start_redis_server  # noqa: E402
 
@@ -61,6 +66,9 @@ async def rollouts(args: argparse.Namespace, endpoint: str, url: str) -> tuple[i
         retry_backoff_s=0.1,
     )  # fmt: skip
     client = PolicyClient(PolicyRef(inference_name="m@0", policy_step=0, endpoint=endpoint), limits)
+    job = rollout_job(
+        endpoint, run_id=RUN_ID, post_replies_over_tokens=args.post_replies_over_tokens
+    )
     connection = Redis.from_url(url)
     collector = ResultCollector(connection, RUN_ID)
     stream = keys.results_stream(RUN_ID)
@@ -69,22 +77,26 @@ async def rollouts(args: argparse.Namespace, endpoint: str, url: str) -> tuple[i
     cpu0 = time.process_time()
     for index in range(args.rollouts):
         items = [WireItem(kind="message", data={"role": "user", "content": "Fix the bug."})]
+        poster = ReplyPoster(connection, job, index)
         for _ in range(args.turns):
             completion = await client.complete([{"role": "user", "content": "go on"}])
             tokens += completion.completion_tokens
-            items.append(WireItem(kind="choice", data=completion.choice))
+            if args.version == 5:
+                items.append(poster.item(completion.choice))
+            else:
+                items.append(WireItem(kind="choice", data=completion.choice))
             items.append(WireItem(kind="message", data={"role": "user", "content": "ok"}))
         trajectory = WireTrajectory(messages_and_choices=items, reward=1.0)
-        connection.xadd(
-            stream, {"data": encode_as(make_result(trajectory, 0, index), args.version)}
-        )
+        result = make_result(trajectory, 0, index)  # named as the poster named its replies
+        result = result.model_copy(update={"rollout_id": keys.rollout_id(job.job_id, index)})
+        connection.xadd(stream, {"data": encode_as(result, args.version)})
         received = []
         while not received:  # the first poll reads the (empty) backlog
             polled = collector.poll(block_ms=1000)
             assert not polled.rejected, polled.rejected
             received = polled.received
         assert received[0].trajectory is not None
-        collector.ack([received[0].entry_id])
+        collector.ack(entries_of(received[0]))
     cpu = time.process_time() - cpu0
     collector.close()
     await client.aclose()
@@ -96,7 +108,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=4000)
     parser.add_argument("--rollouts", type=int, default=4)
-    parser.add_argument("--version", type=int, default=4, choices=[2, 3, 4])
+    parser.add_argument("--version", type=int, default=5, choices=[2, 3, 4, 5])
+    parser.add_argument("--post-replies-over-tokens", type=int, default=1024)
     args = parser.parse_args()
     port = free_port()
     llm = subprocess.Popen(

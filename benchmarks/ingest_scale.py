@@ -60,15 +60,18 @@ from ingest_shapes import (  # noqa: E402
     RUN_ID,
     completion_tokens,
     encode_as,
+    entries_of,
     make_result,
     make_trajectory,
+    referring_to,
+    replies_ahead,
 )
 
 from common import keys, packed  # noqa: E402
-from common.wire import RolloutResult, decode  # noqa: E402
+from common.wire import ChoicePart, RolloutResult, decode  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import start_redis_server  # noqa: E402
-from trainer.trajectories import to_art_trajectory  # noqa: E402
+from trainer.trajectories import packed_choice, to_art_trajectory  # noqa: E402
 
 
 def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
@@ -79,11 +82,19 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         if repeat == 0:
             packed._SPELLINGS.clear()  # the first: no token id seen yet
         began = time.process_time()
-        data = encode_as(make_result(trajectory, 0, 0), version)
+        result = make_result(trajectory, 0, 0)
+        parts = replies_ahead(result) if version == 5 else []
+        part_ids = [f"0-{n}" for n in range(len(parts))]
+        if parts:
+            result = referring_to(result, part_ids)
+        data = encode_as(result, version)
         encoded = time.process_time()
+        wire_parts = [decode(part, ChoicePart).item for part in parts]
         wire_trajectory = decode(data, RolloutResult).trajectory
         decoded = time.process_time()
-        art_trajectory = to_art_trajectory(wire_trajectory)
+        with packed.no_gc():
+            replies = {i: packed_choice(p.data) for i, p in zip(part_ids, wire_parts, strict=True)}
+        art_trajectory = to_art_trajectory(wire_trajectory, replies.__getitem__)
         [[] for _ in range(10)]  # the cycle collector's pass that building postponed
         built = time.process_time()
         del art_trajectory
@@ -98,8 +109,9 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
             ("free", freed - built),
         ):
             best[key] = min(best.get(key, value), value)
-        best["bytes"] = len(data)
-    ticker = Ticker()  # one more: decode and build in a thread beside it
+        best["bytes"] = len(data) + sum(map(len, parts))
+    ticker = Ticker()  # one more: decode and build in a thread beside it (inline replies)
+    data = encode_as(make_result(trajectory, 0, 0), 4)
     thread = threading.Thread(
         target=lambda: to_art_trajectory(decode(data, RolloutResult).trajectory)
     )
@@ -117,12 +129,23 @@ def worker_main(
     stream = keys.results_stream(RUN_ID)
     start = time.monotonic()
     for index in range(count):
-        if interval:
-            delay = start + index * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the offered load (a benchmark, not a test)
-        data = encode_as(make_result(trajectory, worker, index), version)
-        connection.xadd(stream, {"data": data})
+        result = make_result(trajectory, worker, index)
+        if version == 5:  # each reply posted while the rollout goes on, then the result
+            parts = replies_ahead(result)
+            part_ids = []
+            for turn, part in enumerate(parts):
+                _pace(start + (index - 1 + (turn + 1) / (len(parts) + 1)) * interval)
+                part_ids.append(connection.xadd(stream, {"part": part}).decode())
+            result = referring_to(result, part_ids)
+        _pace(start + index * interval)
+        connection.xadd(stream, {"data": encode_as(result, version)})
+
+
+def _pace(until: float) -> None:
+    """Pacing the offered load (a benchmark, not a test)."""
+    delay = until - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
 
 
 def fleet(
@@ -177,7 +200,7 @@ def _fleet(
         if time.perf_counter() >= next_sample:
             next_sample = time.perf_counter() + 0.2
             peak_memory = max(peak_memory, connection.info("memory")["used_memory"])
-        collector.ack([item.entry_id for item in polled.received])
+        collector.ack([e for item in polled.received for e in entries_of(item)])
         held += [item.trajectory for item in polled.received]
         if len(held) >= args.hold:  # the step trained: its groups let go
             held.clear()
@@ -281,7 +304,7 @@ def main() -> None:
     parser.add_argument("--sub-agents", type=int, default=2)
     parser.add_argument("--sub-turns", type=int, default=3)
     parser.add_argument("--rollouts", type=int, default=48)
-    parser.add_argument("--versions", type=int, nargs="+", default=[4, 3, 2])
+    parser.add_argument("--versions", type=int, nargs="+", default=[5, 4, 3, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64, help="results per poll()")
     parser.add_argument("--load", type=float, default=0.5, help="paced runs: share of capacity")

@@ -17,7 +17,15 @@ from typing import Any
 import msgpack
 
 from common import wire
-from common.wire import RolloutResult, WireHistory, WireItem, WireTrajectory, encode
+from common.wire import (
+    ChoicePart,
+    RolloutResult,
+    WireHistory,
+    WireItem,
+    WireTrajectory,
+    encode,
+)
+from trainer.collector import Received
 
 RUN_ID = "ingest"
 PIECES = [
@@ -84,7 +92,9 @@ def completion_tokens(args: argparse.Namespace) -> int:
 
 
 def encode_as(result: RolloutResult, version: int) -> bytes:
-    if version == 4:
+    """The result as wire `version` encodes it (5: the current encoder; with its replies
+    posted ahead, see `replies_ahead`, only references to them; 4 is 5's layout)."""
+    if version in (4, 5):
         return encode(result)
     if version == 3:  # packed choices, the whole body compressed (v3's encode)
         arrays = wire._Arrays()
@@ -109,3 +119,65 @@ def make_result(trajectory: WireTrajectory, worker: int, index: int) -> RolloutR
         group_index=worker, rollout_index=index, instance_id="bench", policy_step=0,
         status="ok", trajectory=trajectory, enqueued_at=now, started_at=now, finished_at=now,
     )  # fmt: skip
+
+
+def replies_ahead(result: RolloutResult) -> list[bytes]:
+    """Each reply of the result as the `ChoicePart` a worker posts when it arrives (wire v5),
+    in trajectory order (main conversation, then histories)."""
+    assert result.trajectory is not None
+    return [
+        encode(
+            ChoicePart(
+                run_id=result.run_id,
+                rollout_id=result.rollout_id,
+                step=result.step,
+                group_index=result.group_index,
+                rollout_index=result.rollout_index,
+                item=item,
+            )  # fmt: skip
+        )
+        for items in _conversations(result.trajectory)
+        for item in items
+        if item.kind == "choice"
+    ]
+
+
+def referring_to(result: RolloutResult, part_ids: list[str]) -> RolloutResult:
+    """The result with its replies replaced by references to their posted parts, in the order
+    `replies_ahead` gave them."""
+    assert result.trajectory is not None
+    ids = iter(part_ids)
+
+    def refer(items: list[WireItem]) -> list[WireItem]:
+        return [
+            i.model_copy(update={"part": next(ids)}) if i.kind == "choice" else i for i in items
+        ]
+
+    trajectory = result.trajectory
+    referred = trajectory.model_copy(
+        update={
+            "messages_and_choices": refer(trajectory.messages_and_choices),
+            "additional_histories": [
+                h.model_copy(update={"messages_and_choices": refer(h.messages_and_choices)})
+                for h in trajectory.additional_histories
+            ],
+        }
+    )
+    return result.model_copy(update={"trajectory": referred, "finished_at": time.time()})
+
+
+def _conversations(trajectory: WireTrajectory) -> list[list[WireItem]]:
+    return [trajectory.messages_and_choices] + [
+        h.messages_and_choices for h in trajectory.additional_histories
+    ]
+
+
+def entries_of(received: Received) -> list[str]:
+    """The result's entry and those of its replies posted ahead (acknowledged together, as a
+    trainer does when their step is checkpointed: acknowledging forgets a built reply)."""
+    trajectory = received.result.trajectory
+    assert trajectory is not None
+    items = trajectory.messages_and_choices + [
+        i for h in trajectory.additional_histories for i in h.messages_and_choices
+    ]
+    return [received.entry_id] + [i.data["id"] for i in items if i.kind == "part"]
