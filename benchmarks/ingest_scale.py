@@ -11,8 +11,10 @@ objects), acknowledges, and holds the ART objects of `--hold` rollouts at a time
 holds a step's groups until train() (`--gc manual`: no automatic cycle collection, one
 `gc.collect()` each time a step lets go, as Megatron-LM's --manual-gc does).
 
-Printed per wire version (v4: the current one, a compressed body with its token ids and
-logprobs beside it; v3: packed, the whole body compressed; v2: one map per token) and fleet
+Printed per wire version (v5: the current one, each reply posted as a `ChoicePart` while its
+rollout goes on, the workers spacing them evenly between their results, and the result referring
+to them; v4: the replies inline, in a compressed body with their token ids and logprobs beside
+it; v3: packed, the whole body compressed; v2: one map per token) and fleet
 size: wire bytes per completion token, the codec alone (CPU time, best of --repeats: worker
 encode, trainer decode, ART objects, the cycle collector's first pass over them included; us per
 token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
