@@ -79,7 +79,7 @@ def packed_choice(data: dict[str, Any]) -> Choice:
         return Choice.model_validate(data["raw"])
     head = packed.head_of(data)
     choice = Choice.model_validate(head | {"logprobs": head["logprobs"] | {"content": []}})
-    cols = packed.Columns(data, packed.message_text(head))
+    cols = packed.Columns(data, head)
     tops = _tops(data)
     if tops is None:
         values = [
