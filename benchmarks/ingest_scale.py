@@ -8,8 +8,8 @@ builds its trajectory once, then per rollout encodes a `RolloutResult` and XADDs
 fleet offers `--load` times what the trainer absorbed in a first, unpaced run; the trainer (this
 process) polls with `ResultCollector.poll` (its reader and builder threads decode and build ART's
 objects), acknowledges, and holds the ART objects of `--hold` rollouts at a time, as a trainer
-holds a step's groups until train() (`--gc manual`: no automatic cycle collection, one
-`gc.collect()` each time a step lets go, as Megatron-LM's --manual-gc does).
+holds a step's groups until train() (`--gc manual`, as the trainer's `--manual-gc`: no
+automatic cycle collection, one `gc.collect()` each time a step lets go; `--gc auto`: CPython's).
 
 Printed per wire version (v5: the current one, each reply posted as a `ChoicePart` while its
 rollout goes on, the workers spacing them evenly between their results, and the result referring
@@ -319,8 +319,9 @@ def main() -> None:
     parser.add_argument(
         "--gc",
         choices=["auto", "manual"],
-        default="auto",
-        help="manual: no automatic cycle collection, one gc.collect() per step",
+        default="manual",
+        help="manual (the trainer's default, --manual-gc): no automatic cycle collection, one "
+        "gc.collect() per step; auto: CPython's automatic collection",
     )
     parser.add_argument("--rq-jobs", type=int, default=0, help="also measure RQ alone")
     args = parser.parse_args()

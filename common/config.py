@@ -268,6 +268,11 @@ class ExperimentConfig(BaseModel):
     keep_zero_variance: bool = Field(
         False, description="Train groups whose rollouts all got the same reward (no signal)"
     )
+    manual_gc: bool = Field(
+        True,
+        description="Collect cyclic garbage once after each step instead of automatically "
+        "(the automatic collector walks every held rollout object again and again)",
+    )
     eval_every: int = Field(
         0, ge=0, description="Evaluate the policy every N training steps; 0: never"
     )

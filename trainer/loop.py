@@ -36,6 +36,7 @@ from trainer.checkpoint import checkpoint
 from trainer.collector import Polled, ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.evaluate import Evaluator
+from trainer.garbage import Collection, manual_collection
 from trainer.gather import Gatherer
 from trainer.groups import AssembledGroups, GroupResults, assemble_groups
 from trainer.record import StepRecord, ZeroVarianceWatch, record_step
@@ -50,11 +51,12 @@ log = logging.getLogger(__name__)
 async def run_training(config: ExperimentConfig) -> PipelineState:
     """Train until the schedule is exhausted; returns the final state."""
     async with open_run(config) as setup:
-        loop = TrainingLoop(setup, setup.state)
-        try:
-            state = await loop.run()
-        finally:
-            loop.close()
+        with manual_collection(config.manual_gc) as collection:
+            loop = TrainingLoop(setup, setup.state, collection)
+            try:
+                state = await loop.run()
+            finally:
+                loop.close()
         setup.finished(state)
         return state
 
@@ -67,8 +69,11 @@ class TrainingLoop:
     With S > 0, groups keep starting (under the admission rule) while others run and while
     `train()` runs, and a step trains as soon as `--groups-per-step` groups are complete."""
 
-    def __init__(self, setup: LoopSetup, state: PipelineState) -> None:
+    def __init__(
+        self, setup: LoopSetup, state: PipelineState, collection: Collection | None = None
+    ) -> None:
         self.setup = setup
+        self.collection = collection or Collection(manual=False)
         self.config = config = setup.config
         self.state = state
         self.collector = ResultCollector(setup.connection, state.run_key)
@@ -121,6 +126,7 @@ class TrainingLoop:
             if training is not None and training.done():
                 await self._finish_step(taken, training.result())
                 training, taken = None, []
+                self.collection.after_step()  # the step's groups are let go: a small heap
                 continue
             await self._admit(training is not None)
             if self.evaluator is not None:
@@ -228,6 +234,7 @@ class TrainingLoop:
                           self._queue_counters())  # fmt: skip
         state = self.state.completed(step, model_step, self.config.config_hash, settled)
         self.state = checkpoint(self.setup.model, state, self.collector, entry_ids)
+        self._assembled = AssembledGroups([], Counter())  # let go of the step's groups
         self._policy = None  # the next groups sample from the new checkpoint
         if self.evaluator is not None:
             self.evaluator.start_if_due(await self._current_policy())
@@ -290,4 +297,5 @@ class TrainingLoop:
         counters["pipeline/queue_depth"] = float(len(self.dispatcher.queue))
         counters["pipeline/groups_in_flight"] = float(len(self.gatherer.in_flight))
         counters["pipeline/redis_used_memory_mb"] = redis_used_memory_mb(self.setup.connection)
+        counters["pipeline/gc_s"] = self.collection.last_s  # after the step before
         return counters
