@@ -124,22 +124,25 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
 
 
 def worker_main(
-    url: str, version: int, worker: int, count: int, interval: float, args: Any
+    url: str, version: int, worker: int, count: int, interval: float, offset: float, args: Any
 ) -> None:
+    """Paced (`interval` > 0): rollout i runs from `offset` + i x interval, its replies posted
+    evenly through it (v5), its result at its end; workers are offset so that their results do
+    not all land at once."""
     connection = Redis.from_url(url)
     trajectory = make_trajectory(args, worker + 1)
     stream = keys.results_stream(RUN_ID)
-    start = time.monotonic()
+    start = time.monotonic() + offset
     for index in range(count):
         result = make_result(trajectory, worker, index)
         if version == 5:  # each reply posted while the rollout goes on, then the result
             parts = replies_ahead(result)
             part_ids = []
             for turn, part in enumerate(parts):
-                _pace(start + (index - 1 + (turn + 1) / (len(parts) + 1)) * interval)
+                _pace(start + (index + turn / len(parts)) * interval)
                 part_ids.append(connection.xadd(stream, {"part": part}).decode())
             result = referring_to(result, part_ids)
-        _pace(start + index * interval)
+        _pace(start + (index + 1) * interval)
         connection.xadd(stream, {"data": encode_as(result, version)})
 
 
@@ -176,7 +179,10 @@ def _fleet(
     interval = workers / rate if rate else 0.0
     context = mp.get_context("fork")
     processes = [
-        context.Process(target=worker_main, args=(url, version, w, per_worker, interval, args))
+        context.Process(
+            target=worker_main,
+            args=(url, version, w, per_worker, interval, w * interval / workers, args),
+        )
         for w in range(workers)
     ]
     held: list[Any] = []  # ART's trajectories, kept as the trainer keeps a step's groups
