@@ -16,8 +16,8 @@ rollout goes on, the workers spacing them evenly between their results, and the 
 to them; v4: the replies inline, in a compressed body with their token ids and logprobs beside
 it; v3: packed, the whole body compressed; v2: one map per token) and fleet
 size: wire bytes per completion token, the codec alone (CPU time, best of --repeats: worker
-encode, trainer decode, ART objects, the cycle collector's first pass over them included; us per
-token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
+encode, trainer decode, ART objects, with `--gc auto` the cycle collector's first pass over them
+included; us per token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
 dropping the ART objects once trained, not in us/token), then rollouts/s,
 tokens/s, MB/s, Redis peak memory, trainer CPU per rollout and tokens per CPU-second (all its
 threads: one core's worth of ingest),
@@ -80,6 +80,9 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
     """CPU seconds of each stage (best of args.repeats), the bytes, and a cold build."""
     trajectory = make_trajectory(args, 0)
     best: dict[str, float] = {}
+    if args.gc == "manual":  # as the trainer: no automatic pass over what it builds
+        gc.collect()
+        gc.disable()
     for repeat in range(args.repeats + 1):
         if repeat == 0:
             packed._SPELLINGS.clear()  # the first: no token id seen yet
@@ -97,9 +100,9 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         with packed.no_gc():
             replies = {i: packed_choice(p.data) for i, p in zip(part_ids, wire_parts, strict=True)}
         art_trajectory = to_art_trajectory(wire_trajectory, replies.__getitem__)
-        [[] for _ in range(10)]  # the cycle collector's pass that building postponed
+        [[] for _ in range(10)]  # --gc auto: the cycle collector's pass that building postponed
         built = time.process_time()
-        del art_trajectory
+        del art_trajectory, replies
         freed = time.process_time()
         if repeat == 0:
             best["cold"] = built - decoded
@@ -112,6 +115,7 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         ):
             best[key] = min(best.get(key, value), value)
         best["bytes"] = len(data) + sum(map(len, parts))
+    gc.enable()
     ticker = Ticker()  # one more: decode and build in a thread beside it (inline replies)
     data = encode_as(make_result(trajectory, 0, 0), 4)
     thread = threading.Thread(

@@ -39,7 +39,7 @@ from common.packed import no_gc, pack_choice, unpack_choice
 # 5: ChoicePart, and trajectory items of kind "part" that refer to one
 SCHEMA_VERSION = 5
 DECODABLE_VERSIONS = (1, 2, 3, 4, 5)
-COMPRESS_OVER = 16 * 1024  # bodies larger than this travel zlib-compressed when it pays
+COMPRESS_OVER = 8 * 1024  # bodies larger than this travel zlib-compressed when it pays
 SAMPLE_BYTES = 256  # of each array, to judge whether the arrays compress
 ARRAY_EXT = 1  # msgpack extension type: a reference to the envelope's arrays (uint32 index)
 _INDEX = struct.Struct("<I")
