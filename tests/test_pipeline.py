@@ -125,7 +125,7 @@ def test_two_steps_with_local_workers(
     status = render_status(Redis.from_url(redis_url), config.queue_name)
     # The run ended: the status says so, with when, instead of its last live phase.
     assert f"finished at {time.strftime('%Y-%m-%d', time.gmtime())}" in status, status
-    assert f"(last step {STEPS - 1})" in status and "0 results unacknowledged" in status
+    assert f"(last step {STEPS - 1})" in status and "0 stream entries unacknowledged" in status
     assert f"step {STEPS - 1} training" not in status
     # Each step got all of backend.train()'s GRPO parameters, as configured.
     grpo = {name: getattr(config, name) for name in TRAIN_PARAMS}

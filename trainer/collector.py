@@ -22,8 +22,6 @@ handed to the loop as `PartReceived`, so that it is acknowledged with its group,
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,15 +32,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.errors import WireError
-from common.packed import freeze_heap, no_gc
-from common.wire import ChoicePart, RolloutResult, WireTrajectory, decode
+from common.packed import freeze_heap
+from common.wire import RolloutResult, WireTrajectory, decode
 from trainer.ingest import PAUSE, ReadAhead
-from trainer.trajectories import PartResolver, packed_choice, to_art_trajectory
+from trainer.replies import BuiltReplies, PartMissing, build_reply
+from trainer.trajectories import PartResolver, to_art_trajectory
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_KEPT = 10_000  # the dead-letter stream is capped at about this many entries
-PARTS_KEPT_TOKENS = 16 << 20  # built replies kept for their results (~8 GB); older: refetched
 READ_BLOCK_MS = 200  # the reader's wait for new entries (it checks for a stop between waits)
 
 Entry = tuple[str, dict]  # a stream entry: id, fields
@@ -81,47 +79,6 @@ class Polled:
     parts: list[PartReceived] = field(default_factory=list)
 
 
-class PartMissing(LookupError):
-    """A result refers to a reply that is not (or no longer) on the stream."""
-
-
-class BuiltParts:
-    """Replies built on arrival, by entry id, until their result claims them (thread-safe: the
-    builder thread adds and claims, the loop forgets those of settled groups)."""
-
-    def __init__(self, max_tokens: int = PARTS_KEPT_TOKENS) -> None:
-        self.max_tokens = max_tokens
-        self.tokens = 0
-        self._lock = threading.Lock()
-        self._parts: OrderedDict[str, tuple[str, Choice, int]] = OrderedDict()
-
-    def add(self, entry_id: str, rollout_id: str, choice: Choice) -> None:
-        tokens = len(choice.logprobs.content) if choice.logprobs and choice.logprobs.content else 0
-        with self._lock:
-            self._parts[entry_id] = (rollout_id, choice, tokens)
-            self.tokens += tokens
-            while self.tokens > self.max_tokens and len(self._parts) > 1:
-                self.tokens -= self._parts.popitem(last=False)[1][2]  # the oldest: refetched
-
-    def claim(self, entry_id: str) -> tuple[str, Choice] | None:
-        with self._lock:
-            kept = self._parts.pop(entry_id, None)
-            if kept is None:
-                return None
-            self.tokens -= kept[2]
-            return kept[0], kept[1]
-
-    def forget(self, entry_ids: list[str]) -> None:
-        with self._lock:
-            for entry_id in entry_ids:
-                kept = self._parts.pop(entry_id, None)
-                if kept is not None:
-                    self.tokens -= kept[2]
-
-    def __len__(self) -> int:
-        return len(self._parts)
-
-
 class ResultCollector:
     def __init__(self, connection: Redis, run_id: str) -> None:
         self.connection = connection
@@ -129,7 +86,7 @@ class ResultCollector:
         self.dead_letter_stream = keys.dead_letters(run_id)
         self.dead_letters = 0
         self._backlog_cursor: str | None = "0"  # None once our unacknowledged backlog is read
-        self.parts = BuiltParts()
+        self.parts = BuiltReplies()
         self._create_group()
         freeze_heap()  # the trainer's imports out of the cycle collector's way (common.packed)
         self._ahead: ReadAhead[Entry, Received | Rejected | PartReceived] = ReadAhead(
@@ -227,9 +184,10 @@ class ResultCollector:
 
     def _ingest_part(self, entry_id: str, fields: dict) -> PartReceived | None:
         try:
-            part, choice = _build_part(fields)
-        except (WireError, ValueError, TypeError, KeyError) as exc:
-            self._dead_letter(entry_id, fields, f"reply cannot be rebuilt: {exc}")
+            part, choice = build_reply(fields)
+        except Exception as exc:  # as for a result: one bad entry never stops the trainer
+            first = " ".join(str(exc).strip().splitlines()[:3])
+            self._dead_letter(entry_id, fields, f"reply cannot be rebuilt: {first}")
             return None
         self.parts.add(entry_id, part.rollout_id, choice)
         return PartReceived(entry_id, part.step, part.group_index)
@@ -246,7 +204,7 @@ class ResultCollector:
                 raise PartMissing(f"reply {entry_id!r:.50}: {exc}") from exc
             if not entries or not entries[0][1] or b"part" not in entries[0][1]:
                 raise PartMissing(f"reply {entry_id} is not on the stream")
-            part, choice = _build_part(entries[0][1])
+            part, choice = build_reply(entries[0][1])
             kept = part.rollout_id, choice
         if kept[0] != result.rollout_id:
             raise PartMissing(f"reply {entry_id} belongs to rollout {kept[0]}")
@@ -270,14 +228,6 @@ class ResultCollector:
 def _entry_size(entry: Entry) -> int:
     data = entry[1].get(b"data", entry[1].get(b"part"))
     return len(data) if isinstance(data, bytes) else 0
-
-
-def _build_part(fields: dict) -> tuple[ChoicePart, Choice]:
-    part = decode(fields[b"part"], ChoicePart)
-    if part.item.kind != "packed":
-        raise WireError(f"a ChoicePart holds a reply, not a {part.item.kind!r} item")
-    with no_gc():
-        return part, packed_choice(part.item.data)
 
 
 def _rebuild(

@@ -149,11 +149,12 @@ def describe_run(status: dict[str, str], pending: int, now: float, stale_after_s
     step, phase = status.get("step", "?"), status.get("phase", "?")
     if phase == FINISHED or phase.startswith(STOPPED):
         ended = float(status.get("ended_at") or status.get("updated_at") or now)
-        return f"{phase} at {_when(ended)} (last step {step}), {pending} results unacknowledged"
+        unacknowledged = f"{pending} stream entries unacknowledged"
+        return f"{phase} at {_when(ended)} (last step {step}), {unacknowledged}"
     beat = float(status.get("heartbeat_at") or status.get("updated_at") or now)
     line = (
         f"step {step} {phase}, {status.get('groups_in_flight', '?')} groups in flight, "
-        f"{pending} results unacknowledged"
+        f"{pending} stream entries unacknowledged"
     )
     if now - beat > stale_after_s:
         return (
