@@ -20,8 +20,9 @@ encode, trainer decode, ART objects, with `--gc auto` the cycle collector's firs
 included; us per token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
 dropping the ART objects once trained, not in us/token), then rollouts/s,
 tokens/s, MB/s, Redis peak memory, trainer CPU per rollout and tokens per CPU-second (all its
-threads: one core's worth of ingest),
-and latency percentiles:
+threads: one core's worth of ingest; in the "drain" run every rollout is posted before the
+trainer reads, so no worker shares this machine's two cores with it: its ingest alone), and
+latency percentiles (meaningless in "drain", where rollouts wait in Redis on purpose):
 - post -> available: from Redis receiving the XADD (the entry id's millisecond, so up to 1 ms
   more than the truth) until `poll()` has returned the rollout with its `art.Trajectory` built,
   held by the caller and ready for `train()`;
@@ -31,9 +32,9 @@ loop) waited beyond a 1 ms nap while one rollout was decoded and built in anothe
 GIL, and the machine's other load).
 
     uv run python benchmarks/ingest_scale.py [--workers 2 8 32] [--turns 15] [--tokens 1000]
-        [--sub-agents 2] [--sub-turns 3] [--rollouts 48] [--versions 4 3 2]
+        [--sub-agents 2] [--sub-turns 3] [--rollouts 48] [--versions 5 4 3 2]
     uv run python benchmarks/ingest_scale.py --turns 30 --tokens 4000 --sub-agents 0 \\
-        --workers 2 8 --rollouts 60 --versions 4   # 120k-token rollouts: latency
+        --workers 2 8 --rollouts 24 --versions 5 4   # 120k-token rollouts: latency
     uv run python benchmarks/ingest_scale.py --turns 1 --tokens 10 --sub-agents 0 \\
         --rollouts 20000   # tiny rollouts: where the queue itself tops out
 """
@@ -158,13 +159,20 @@ def _pace(until: float) -> None:
 
 
 def fleet(
-    args: argparse.Namespace, version: int, workers: int, rate: float | None, wire_bytes: int
+    args: argparse.Namespace,
+    version: int,
+    workers: int,
+    rate: float | None,
+    wire_bytes: int,
+    drain: bool = False,
 ) -> dict[str, float]:
-    """One run: W processes post args.rollouts rollouts (paced to `rate` rollouts/s in all)."""
+    """One run: W processes post args.rollouts rollouts (paced to `rate` rollouts/s in all);
+    `drain`: all of them posted before the trainer starts reading (its ingest alone, no worker
+    beside it on this machine's cores)."""
     with tempfile.TemporaryDirectory() as tmp:
         server, url = start_redis_server(Path(tmp), appendonly=False)
         try:
-            return _fleet(args, version, workers, rate, url) | {
+            return _fleet(args, version, workers, rate, url, drain) | {
                 "MB/s": 0.0,
                 "wire_bytes": wire_bytes,
             }
@@ -174,7 +182,12 @@ def fleet(
 
 
 def _fleet(
-    args: argparse.Namespace, version: int, workers: int, rate: float | None, url: str
+    args: argparse.Namespace,
+    version: int,
+    workers: int,
+    rate: float | None,
+    url: str,
+    drain: bool,
 ) -> dict:
     connection = Redis.from_url(url)
     collector = ResultCollector(connection, RUN_ID)
@@ -196,6 +209,9 @@ def _fleet(
     peak_memory = 0
     for process in processes:
         process.start()
+    if drain:
+        for process in processes:
+            process.join()
     if args.gc == "manual":
         gc.disable()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -369,6 +385,8 @@ def main() -> None:
             rows.append([f"v{version}", workers, "max", flat_out])
             rows.append([f"v{version}", workers, f"{args.load:.0%} load", paced])
             print(f"  v{version} W={workers}: {flat_out['rollouts/s']:.1f} rollouts/s", flush=True)
+        drained = fleet(args, version, args.workers[0], None, size, drain=True)
+        rows.append([f"v{version}", args.workers[0], "drain", drained])
     for row in rows:
         stats = row[3]
         stats["MB/s"] = stats.pop("wire_bytes") * stats["rollouts/s"] / 1e6
