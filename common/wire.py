@@ -132,7 +132,7 @@ class RolloutJob(_Wire):
 
 
 class WireItem(_Wire):
-    # packed: a choice as v3 on decode it; part: {"id": entry id} of a posted ChoicePart
+    # packed: a choice as v3 and later decode it; part: {"id": entry id} of a posted ChoicePart
     kind: Literal["message", "choice", "packed", "part"]
     data: dict[str, Any]
     # On the worker: the stream entry this choice was posted as (its ChoicePart), so the
@@ -319,7 +319,7 @@ def _array(arrays: list[bytes], code: int, data: bytes) -> bytes:
 def _inflated(envelope: dict[str, Any]) -> dict[str, Any]:
     arrays = envelope.get("arrays", [])
     if envelope["v"] not in ((4, 5) if "arrays" in envelope else (3,)):
-        raise WireError("a compressed body is version 3, or version 4 on with its arrays")
+        raise WireError("a compressed body is version 3, or version 4 or later with its arrays")
     if not isinstance(envelope["zbody"], bytes) or not (
         type(arrays) is list and all(type(a) is bytes for a in arrays)
     ):

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from common import keys
 from common.errors import WireError
 from common.wire import ChoicePart, RolloutJob, WireItem, encode
+from rollout_workers.outcome import inline_reply
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class ReplyPoster:
 
     def item(self, choice: dict[str, Any]) -> WireItem:
         if self.min_tokens < 0 or _completion_tokens(choice) < self.min_tokens:
-            return WireItem(kind="choice", data=choice)
+            return inline_reply(choice)
         job = self.job
         part = ChoicePart(
             run_id=job.run_id,
@@ -43,13 +44,13 @@ class ReplyPoster:
             step=job.step,
             group_index=job.group_index,
             rollout_index=self.rollout_index,
-            item=WireItem(kind="choice", data=choice),
+            item=inline_reply(choice),
         )
         try:
             entry_id = self.connection.xadd(job.results_stream, {"part": encode(part)})
         except (RedisError, WireError) as exc:
             log.warning("a reply of %s goes with its result instead: %s", part.rollout_id, exc)
-            return WireItem(kind="choice", data=choice)
+            return inline_reply(choice)
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         return WireItem(kind="choice", data=choice, part=entry_id)
 

@@ -246,11 +246,11 @@ def test_large_bodies_travel_compressed_and_damage_is_a_wire_error() -> None:
     broken = msgpack.packb(envelope | {"zbody": envelope["zbody"][:-9]})
     with pytest.raises(WireError, match="does not inflate"):
         decode(broken, RolloutResult)
-    with pytest.raises(WireError, match="version 3, or version 4 on with its arrays"):
+    with pytest.raises(WireError, match="version 3, or version 4 or later with its arrays"):
         decode(msgpack.packb(envelope | {"v": 3}), RolloutResult)
     v3 = {k: v for k, v in envelope.items() if k != "arrays"}
     assert decode(msgpack.packb(v3 | {"v": 3}), RolloutResult) == result  # as v3 sent it
-    with pytest.raises(WireError, match="version 3, or version 4 on with its arrays"):
+    with pytest.raises(WireError, match="version 3, or version 4 or later with its arrays"):
         decode(msgpack.packb(v3), RolloutResult)
 
 

@@ -186,8 +186,7 @@ class ResultCollector:
         try:
             part, choice = build_reply(fields)
         except Exception as exc:  # as for a result: one bad entry never stops the trainer
-            first = " ".join(str(exc).strip().splitlines()[:3])
-            self._dead_letter(entry_id, fields, f"reply cannot be rebuilt: {first}")
+            self._dead_letter(entry_id, fields, f"reply cannot be rebuilt: {_first_lines(exc)}")
             return None
         self.parts.add(entry_id, part.rollout_id, choice)
         return PartReceived(entry_id, part.step, part.group_index)
@@ -244,8 +243,12 @@ def _rebuild(
     except RedisError:
         raise  # fetching a reply failed: the reader's failure, not the result's
     except Exception as exc:  # pydantic, the packed format, or anything ART's constructors raise
-        first = str(exc).strip().splitlines()[:3]
-        return None, f"trajectory cannot be rebuilt: {type(exc).__name__}: {' '.join(first)}"
+        return None, f"trajectory cannot be rebuilt: {_first_lines(exc)}"
+
+
+def _first_lines(exc: Exception) -> str:
+    """The exception's type and the start of its message, on one line (pydantic's run long)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).strip().splitlines()[:3])}"
 
 
 def rebuild_problem(trajectory: WireTrajectory) -> str | None:

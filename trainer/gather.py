@@ -49,10 +49,7 @@ class Gatherer:
         group = GroupResults(self.dispatcher.start(job))
         self.groups[group.key] = group
         for item in self.later.pop(group.key, []):
-            if isinstance(item, PartReceived):
-                group.entry_ids.append(item.entry_id)
-            else:
-                group.add(item.entry_id, item.result, item.trajectory)
+            _add(group, item)
         self._mark_complete(group)
 
     @property
@@ -83,9 +80,7 @@ class Gatherer:
     def take(self, polled: Polled, step: int, phase: str) -> None:
         """File what was read, and every `watch_every_s` requeue lost jobs and rerun late
         rollouts."""
-        for part in polled.parts:
-            self._take_part(part)
-        for item in polled.received:
+        for item in [*polled.parts, *polled.received]:  # replies before the results using them
             self._take(item)
         for rejected in polled.rejected:
             key = (rejected.step, rejected.group_index)
@@ -109,28 +104,23 @@ class Gatherer:
             self._next_progress = now + PROGRESS_EVERY_S
             self._progress(step, phase)
 
-    def _take(self, item: Received) -> None:
-        key = group_key(item.result)
+    def _take(self, item: Received | PartReceived) -> None:
+        """Filed with its group; acknowledged away when the group is settled; held for a group
+        not started yet. A reply posted ahead goes with its group, claimed or not."""
+        if isinstance(item, PartReceived):
+            key = (item.step, item.group_index)
+        else:
+            key = group_key(item.result)
         group = self.groups.get(key)
         if group is not None:
-            group.add(item.entry_id, item.result, item.trajectory)
+            _add(group, item)
             self._mark_complete(group)
         elif self.is_settled(key):
-            self.stale_results += 1
+            if isinstance(item, Received):
+                self.stale_results += 1
             self.collector.ack([item.entry_id])
         else:  # an earlier life started this group; this one has not yet
             self.later.setdefault(key, []).append(item)
-
-    def _take_part(self, part: PartReceived) -> None:
-        """A reply posted ahead of its result: acknowledged with its group, claimed or not."""
-        key = (part.step, part.group_index)
-        group = self.groups.get(key)
-        if group is not None:
-            group.entry_ids.append(part.entry_id)
-        elif self.is_settled(key):
-            self.collector.ack([part.entry_id])
-        else:
-            self.later.setdefault(key, []).append(part)
 
     def _mark_complete(self, group: GroupResults) -> None:
         if group.complete and group.completed_at is None:
@@ -153,3 +143,10 @@ class Gatherer:
             failed,
             "".join(f"\n  waiting for {line}" for line in waiting_for),
         )
+
+
+def _add(group: GroupResults, item: Received | PartReceived) -> None:
+    if isinstance(item, PartReceived):
+        group.entry_ids.append(item.entry_id)  # acknowledged with the group
+    else:
+        group.add(item.entry_id, item.result, item.trajectory)
