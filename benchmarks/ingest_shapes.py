@@ -177,7 +177,5 @@ def entries_of(received: Received) -> list[str]:
     trainer does when their step is checkpointed: acknowledging forgets a built reply)."""
     trajectory = received.result.trajectory
     assert trajectory is not None
-    items = trajectory.messages_and_choices + [
-        i for h in trajectory.additional_histories for i in h.messages_and_choices
-    ]
+    items = [i for items in _conversations(trajectory) for i in items]
     return [received.entry_id] + [i.data["id"] for i in items if i.kind == "part"]
