@@ -18,6 +18,7 @@ from operator import methodcaller
 from typing import Any
 
 import httpx
+import msgspec
 
 from common.errors import EndpointError
 from common.packed import freeze_heap, no_gc
@@ -89,6 +90,20 @@ def _plain_json_tokens(content: list[Any]) -> bool:
     )
 
 
+_JSON = msgspec.json.Decoder()
+
+
+def parse_json(body: bytes) -> Any:
+    """What `json.loads(body)` gives, at a third of its cost on a completion (~0.4 against 1.2 us
+    a token): msgspec's decoder, correctly rounded like json's. What only Python's json accepts
+    (NaN, Infinity, numbers out of float range, lone surrogates, UTF-16) msgspec refuses with a
+    ValueError (a DecodeError or a UnicodeDecodeError), and json.loads decides."""
+    try:
+        return _JSON.decode(body)
+    except ValueError:
+        return json.loads(body)
+
+
 def warm_up() -> None:
     httpx.AsyncClient(verify=tls_context())  # first client builds httpx's lazy internals
     freeze_heap()  # start-up's objects out of the cycle collector's way (common.packed)
@@ -151,10 +166,10 @@ class PolicyClient:
             raise EndpointError(f"HTTP {response.status_code} from policy: {response.text[:300]}")
         try:
             with no_gc():  # ~10 objects a token: the collector would sweep the heap many times
-                payload = json.loads(response.content)
+                payload = parse_json(response.content)
             choice = payload["choices"][0]
             usage = payload.get("usage") or {}
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
             raise EndpointError(f"policy returned a malformed completion: {exc!r}") from exc
         check_choice(choice)
         return Completion(
