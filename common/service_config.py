@@ -31,6 +31,11 @@ class WorkerConfig(BaseModel):
     health_check_interval: float = Field(60.0, gt=0, description="Seconds between health checks")
     max_child_processes: int = Field(256, ge=1, description="Child process budget (warn at 80%)")
     max_tmp_usage_gb: float = Field(50.0, gt=0, description="/tmp usage budget in GB")
+    manual_gc: bool = Field(
+        True,
+        description="Collect cyclic garbage once after each job instead of automatically (the "
+        "automatic collector walks every parsed completion token again and again)",
+    )
 
 
 class GraderConfig(BaseModel):

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from redis import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from common.garbage import manual_collection
     from common.health import HealthMonitor
     from common.queue import SERIALIZER, connect, eval_queue_name, rollout_queue
     from rollout_workers.job import warm_up
@@ -53,14 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         rollout_queue(eval_queue_name(config.queue_name), connection),
         rollout_queue(config.queue_name, connection),
     ]
-    worker = RolloutWorker(
-        queues,
-        connection=connection,
-        name=name,
-        serializer=SERIALIZER,
-    )
     try:
-        worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
+        with manual_collection(config.manual_gc) as collection:
+            worker = RolloutWorker(
+                queues, connection=connection, name=name, serializer=SERIALIZER,
+                collection=collection,
+            )  # fmt: skip
+            worker.work(burst=config.burst, with_scheduler=False, logging_level="WARNING")
     except RedisConnectionError as exc:
         logging.getLogger(__name__).error(
             "Redis at %s unreachable past --redis-outage-s (%.0fs: %s); worker stopped",

@@ -1,12 +1,13 @@
 """Manual cycle collection (`--manual-gc`): automatic collection is off inside the block, a
-cycle made meanwhile lives until `after_step`, and everything is as before after the block."""
+cycle made meanwhile lives until `collect` (the trainer's after a step, a worker's after a job),
+and everything is as before after the block."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from trainer.garbage import manual_collection
+from common.garbage import manual_collection
 
 
 class _Node:
@@ -26,7 +27,7 @@ def test_cycles_wait_for_the_step_and_automatic_collection_comes_back() -> None:
         kept = [[] for _ in range(100_000)]  # far past the automatic collector's threshold
         assert garbage() is not None
         del kept
-        collection.after_step()
+        collection.collect()
         assert garbage() is None and collection.last_s > 0
     assert gc.isenabled()
 
@@ -34,6 +35,35 @@ def test_cycles_wait_for_the_step_and_automatic_collection_comes_back() -> None:
 def test_automatic_collection_is_left_alone_when_not_manual() -> None:
     with manual_collection(False) as collection:
         assert gc.isenabled()
-        collection.after_step()
+        collection.collect()
         assert collection.last_s == 0.0
     assert gc.isenabled()
+
+
+LEFT: list[weakref.ref] = []  # what the job below left in a cycle
+
+
+def leave_a_cycle() -> None:
+    LEFT.append(_cycle_garbage())
+    kept = [[] for _ in range(100_000)]  # far past the automatic collector's threshold
+    del kept
+
+
+def test_a_worker_collects_after_each_job(redis_url: str) -> None:
+    from redis import Redis
+
+    from common.queue import SERIALIZER, rollout_queue
+    from rollout_workers.worker import RolloutWorker
+
+    connection = Redis.from_url(redis_url)
+    queue = rollout_queue("gc-test", connection)
+    queue.enqueue(leave_a_cycle)
+    with manual_collection(True) as collection:
+        worker = RolloutWorker(
+            [queue], connection=connection, serializer=SERIALIZER, collection=collection
+        )
+        worker.work(burst=True, with_scheduler=False)
+        [left] = LEFT
+        assert (
+            left() is None and collection.last_s > 0
+        )  # the real RQ worker ran the job, then collected

@@ -29,6 +29,7 @@ from collections import Counter
 import art
 
 from common.config import ExperimentConfig
+from common.garbage import Collection, manual_collection
 from common.queue import rollout_queue
 from common.wire import PolicyRef
 from trainer.admission import Admission
@@ -36,7 +37,6 @@ from trainer.checkpoint import checkpoint
 from trainer.collector import Polled, ResultCollector
 from trainer.dispatch import Dispatcher
 from trainer.evaluate import Evaluator
-from trainer.garbage import Collection, manual_collection
 from trainer.gather import Gatherer
 from trainer.groups import AssembledGroups, GroupResults, assemble_groups
 from trainer.record import StepRecord, ZeroVarianceWatch, record_step
@@ -126,7 +126,7 @@ class TrainingLoop:
             if training is not None and training.done():
                 await self._finish_step(taken, training.result())
                 training, taken = None, []
-                self.collection.after_step()  # the step's groups are let go: a small heap
+                self.collection.collect()  # the step's groups are let go: a small heap
                 continue
             await self._admit(training is not None)
             if self.evaluator is not None:
