@@ -9,9 +9,13 @@ Its CPU time (all threads) is the trainer's plus the worker's; Redis's own
 `total_net_input_bytes` is what it received.
 
 With `--version 5` each reply goes through the worker's `ReplyPoster` (posted ahead of its
-result when it has at least --post-replies-over-tokens tokens, as a worker does).
+result when it has at least --post-replies-over-tokens tokens, as a worker does). With `--gc
+manual` (the default of both the worker and the trainer, `--manual-gc`) automatic cycle
+collection is off and one collection runs after each rollout, counted: at least as often as
+either does it (a worker after each job, the trainer after each step).
 
     uv run python benchmarks/ingest_e2e.py [--turns 8] [--tokens 4000] [--rollouts 4] [--version 5]
+        [--gc manual|auto]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from ingest_shapes import RUN_ID, encode_as, entries_of, make_result  # noqa: E402
 
 from common import keys  # noqa: E402
+from common.garbage import Collection, manual_collection  # noqa: E402
 from common.wire import (  # noqa: E402
     PolicyRef,
     RolloutLimits,
@@ -59,7 +64,9 @@ with ScriptedLLM(port={port}, script=lambda messages, rng: text) as llm:
 """
 
 
-async def rollouts(args: argparse.Namespace, endpoint: str, url: str) -> tuple[int, float]:
+async def rollouts(
+    args: argparse.Namespace, endpoint: str, url: str, collection: Collection
+) -> tuple[int, float]:
     limits = RolloutLimits(
         max_steps=args.turns, max_context_tokens=10**6, max_completion_tokens=args.tokens + 10,
         code_timeout_s=10.0, max_output_chars=1000, request_timeout_s=60.0, rollout_retries=0,
@@ -97,6 +104,8 @@ async def rollouts(args: argparse.Namespace, endpoint: str, url: str) -> tuple[i
             received = polled.received
         assert received[0].trajectory is not None
         collector.ack(entries_of(received[0]))
+        del received, polled  # the trainer lets a step's groups go before it collects
+        collection.collect()
     cpu = time.process_time() - cpu0
     collector.close()
     await client.aclose()
@@ -110,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--version", type=int, default=5, choices=[2, 3, 4, 5])
     parser.add_argument("--post-replies-over-tokens", type=int, default=1024)
+    parser.add_argument("--gc", choices=["manual", "auto"], default="manual")
     args = parser.parse_args()
     port = free_port()
     llm = subprocess.Popen(
@@ -124,7 +134,9 @@ def main() -> None:
             redis, url = start_redis_server(Path(tmp), appendonly=False)
             try:
                 before = Redis.from_url(url).info("stats")["total_net_input_bytes"]
-                tokens, cpu = asyncio.run(rollouts(args, f"http://127.0.0.1:{port}/v1", url))
+                endpoint = f"http://127.0.0.1:{port}/v1"
+                with manual_collection(args.gc == "manual") as collection:
+                    tokens, cpu = asyncio.run(rollouts(args, endpoint, url, collection))
                 received = Redis.from_url(url).info("stats")["total_net_input_bytes"] - before
             finally:
                 redis.terminate()
@@ -132,9 +144,12 @@ def main() -> None:
     finally:
         llm.terminate()
         llm.wait()
-    print(f"| wire | completion tokens | Redis bytes/token | CPU s per 1M tokens |")  # noqa: F541
-    print("|---|---|---|---|")
-    print(f"| v{args.version} | {tokens:,} | {received / tokens:.1f} | {cpu / tokens * 1e6:.2f} |")
+    print("| wire | gc | completion tokens | Redis bytes/token | CPU s per 1M tokens |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| v{args.version} | {args.gc} | {tokens:,} | {received / tokens:.1f} "
+        f"| {cpu / tokens * 1e6:.2f} |"
+    )
 
 
 if __name__ == "__main__":

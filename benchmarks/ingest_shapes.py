@@ -150,7 +150,8 @@ def referring_to(result: RolloutResult, part_ids: list[str]) -> RolloutResult:
 
     def refer(items: list[WireItem]) -> list[WireItem]:
         return [
-            i.model_copy(update={"part": next(ids)}) if i.kind == "choice" else i for i in items
+            WireItem(kind="part", data={"id": next(ids)}) if i.kind == "choice" else i
+            for i in items
         ]
 
     trajectory = result.trajectory

@@ -135,9 +135,11 @@ class WireItem(_Wire):
     # packed: a choice as v3 and later decode it; part: {"id": entry id} of a posted ChoicePart
     kind: Literal["message", "choice", "packed", "part"]
     data: dict[str, Any]
-    # On the worker: the stream entry this choice was posted as (its ChoicePart), so the
-    # trajectory sends only a reference to it. Never on the wire itself.
-    part: str = ""
+
+    @property
+    def is_reply(self) -> bool:
+        """A policy reply: inline (choice, packed) or posted ahead (part)."""
+        return self.kind != "message"
 
     def choice(self) -> dict[str, Any]:
         """The raw `choices[0]` dict of a choice item, packed or not."""
@@ -238,8 +240,6 @@ class _Arrays:
 def _item(item: WireItem, arrays: _Arrays) -> dict[str, Any]:
     if item.kind != "choice":
         return {"kind": item.kind, "data": item.data}
-    if item.part:
-        return {"kind": "part", "data": {"id": item.part}}
     return {"kind": "packed", "data": arrays.take(pack_choice(item.data))}
 
 

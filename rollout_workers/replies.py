@@ -52,7 +52,8 @@ class ReplyPoster:
             log.warning("a reply of %s goes with its result instead: %s", part.rollout_id, exc)
             return inline_reply(choice)
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        return WireItem(kind="choice", data=choice, part=entry_id)
+        # Only the reference stays: the worker keeps none of the reply's per-token data.
+        return WireItem(kind="part", data={"id": entry_id})
 
 
 def _completion_tokens(choice: dict[str, Any]) -> int:

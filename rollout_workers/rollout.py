@@ -190,7 +190,7 @@ async def _loop(
         outcome.histories.extend(
             WireHistory(messages_and_choices=items)
             for items in continuations
-            if any(item.kind == "choice" for item in items)
+            if any(item.is_reply for item in items)
         )
 
 

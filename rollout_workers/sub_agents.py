@@ -76,7 +76,7 @@ class SubAgents:
         except BaseException:
             calls.remove(call)  # never a record without its timing
             raise
-        if any(item.kind == "choice" for item in items):
+        if any(item.is_reply for item in items):
             self.outcome.histories.append(WireHistory(messages_and_choices=items))
         model = self.client.policy.inference_name
         call |= {
