@@ -79,7 +79,6 @@ async def rollouts(
     connection = Redis.from_url(url)
     collector = ResultCollector(connection, RUN_ID)
     stream = keys.results_stream(RUN_ID)
-    warm_up()  # as a worker does at start-up
     tokens = 0
     cpu0 = time.process_time()
     for index in range(args.rollouts):
@@ -135,6 +134,7 @@ def main() -> None:
             try:
                 before = Redis.from_url(url).info("stats")["total_net_input_bytes"]
                 endpoint = f"http://127.0.0.1:{port}/v1"
+                warm_up()  # as a worker does at start-up, before it freezes its heap
                 with manual_collection(args.gc == "manual") as collection:
                     tokens, cpu = asyncio.run(rollouts(args, endpoint, url, collection))
                 received = Redis.from_url(url).info("stats")["total_net_input_bytes"] - before
