@@ -5,7 +5,8 @@ worker; an ART token object, its dict and two lists on the trainer), none of the
 cycle: reference counting frees them. CPython's automatic cycle collector still walks every young
 object each time 700 more are alive, and every live one each time the heap has grown by a
 quarter: about half the trainer's ingest CPU (`benchmarks/ingest_scale.py --gc auto` against
-`--gc manual`), and a fifth of a worker's per-token CPU (`benchmarks/ingest_e2e.py`).
+`--gc manual`), and a sixth to a quarter of the worker's and trainer's CPU per token end to end
+(`benchmarks/ingest_e2e.py --gc auto` against `--gc manual`).
 
 Manual collection (as Megatron-LM's `--manual-gc`): start-up's objects are frozen out of the
 collector's reach, automatic collection is off, and one collection runs when the heap is small:
