@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from operator import methodcaller
+from operator import itemgetter
 from typing import Any
 
 import httpx
@@ -76,18 +76,24 @@ def check_choice(choice: Any) -> None:
             raise EndpointError(f"policy returned a malformed logprob entry: {token!r:.200}")
 
 
-_TOKEN = methodcaller("get", "token")
-_LOGPROB = methodcaller("get", "logprob")
+_TOKEN = itemgetter("token")
+_LOGPROB = itemgetter("logprob")
 
 
 def _plain_json_tokens(content: list[Any]) -> bool:
     """The per-token check in C-level loops for what JSON gives (exact dict, str and number
-    types); anything else is left to the loop that says what is wrong."""
-    return (
-        set(map(type, content)) == {dict}
-        and set(map(type, map(_TOKEN, content))) == {str}
-        and set(map(type, map(_LOGPROB, content))) <= {float, int}
-    )
+    types); anything else, a missing key included, is left to the loop that says what is wrong.
+    (itemgetter costs a third of methodcaller("get"): ~0.1 against 0.3-0.45 us a token.)"""
+    if set(map(type, content)) != {dict}:
+        return False
+    try:
+        tokens, logprobs = (
+            set(map(type, map(_TOKEN, content))),
+            set(map(type, map(_LOGPROB, content))),
+        )
+    except KeyError:
+        return False
+    return tokens == {str} and logprobs <= {float, int}
 
 
 _JSON = msgspec.json.Decoder()

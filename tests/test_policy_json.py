@@ -1,5 +1,6 @@
 """The worker parses the policy's responses with msgspec: what it gets is what `json.loads` gives,
-in every case (values, types, key order, the sign of zero, NaN), or the same error."""
+in every case (values, types, key order, the sign of zero, NaN), or the same error; then checks
+every token's logprob entry."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 from common.errors import EndpointError
 from common.wire import PolicyRef
-from rollout_workers.policy import PolicyClient, parse_json
+from rollout_workers.policy import PolicyClient, check_choice, parse_json
+from tests.fakes.scripted_llm import completion
 from tests.jobs import rollout_limits
 
 # Lone surrogates too (category Cs): json escapes them, and json.loads gives them back.
@@ -85,3 +87,17 @@ def test_a_response_nested_too_deep_is_a_malformed_completion_not_a_crash() -> N
     deep = httpx.Response(200, content=b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     with pytest.raises(EndpointError, match="malformed completion"):
         client._parse(deep, 0)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"logprob": -0.1}, {"token": "a"}, {"token": 5, "logprob": -0.1},
+     {"token": "a", "logprob": "-0.1"}, ["token", "a"]],
+    ids=["no token", "no logprob", "token not text", "logprob not a number", "not a map"],
+)  # fmt: skip
+def test_a_malformed_logprob_entry_is_refused_and_a_plain_one_passes(entry: Any) -> None:
+    choice = completion("m@0", "a b c", 1)["choices"][0]
+    check_choice(choice)
+    choice["logprobs"]["content"].insert(1, entry)
+    with pytest.raises(EndpointError, match="malformed logprob entry"):
+        check_choice(choice)
