@@ -71,6 +71,7 @@ from ingest_shapes import (  # noqa: E402
 )
 
 from common import keys, packed  # noqa: E402
+from common.garbage import no_gc  # noqa: E402
 from common.wire import ChoicePart, RolloutResult, decode  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
 from trainer.services import start_redis_server  # noqa: E402
@@ -98,7 +99,7 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         wire_parts = [decode(part, ChoicePart).item for part in parts]
         wire_trajectory = decode(data, RolloutResult).trajectory
         decoded = time.process_time()
-        with packed.no_gc():
+        with no_gc():
             replies = {i: packed_choice(p.data) for i, p in zip(part_ids, wire_parts, strict=True)}
         art_trajectory = to_art_trajectory(wire_trajectory, replies.__getitem__)
         [[] for _ in range(10)]  # --gc auto: the cycle collector's pass that building postponed

@@ -19,11 +19,8 @@ the round trip is exact for anything JSON can hold. `unpack_choice(pack_choice(c
 
 from __future__ import annotations
 
-import gc
 import sys
 from array import array
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import reduce
 from itertools import accumulate, chain
 from operator import iadd, itemgetter
@@ -35,34 +32,6 @@ _SEPARATOR = "\0" + _PREFIX
 _TOKEN_KEYS = ("token", "logprob", "bytes", "top_logprobs")
 _TOP_KEYS = ("token", "logprob", "bytes")
 _LITTLE = sys.byteorder == "little"
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Packing and building allocate hundreds of thousands of objects, none of them cyclic: the
-    cycle collector would run again and again over the whole heap (2-3x the cost)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def freeze_heap() -> None:
-    """Move every object alive now (the imported modules: ~1M objects with torch and ART) out of
-    the cycle collector's reach. Each full collection would walk them all, and one comes every
-    ~250k surviving new objects: ~25 responses' worth of tokens. Call at start-up (once: later
-    calls do nothing)."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
-
-
-_frozen = False
 
 
 class PackError(ValueError):

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common import keys
 from common.errors import WireError
-from common.packed import no_gc, pack_choice, unpack_choice
+from common.garbage import no_gc
+from common.packed import pack_choice, unpack_choice
 
 # 2: RolloutJob.attempt and rollout_indexes (reruns of single rollouts)
 # 3: choices packed (per-token arrays, common.packed); a large body may be zlib-compressed

@@ -21,7 +21,7 @@ import httpx
 import msgspec
 
 from common.errors import EndpointError
-from common.packed import freeze_heap, no_gc
+from common.garbage import freeze_heap, no_gc
 from common.tls import tls_context
 from common.wire import PolicyRef, RolloutLimits
 
@@ -112,7 +112,7 @@ def parse_json(body: bytes) -> Any:
 
 def warm_up() -> None:
     httpx.AsyncClient(verify=tls_context())  # first client builds httpx's lazy internals
-    freeze_heap()  # start-up's objects out of the cycle collector's way (common.packed)
+    freeze_heap()  # start-up's objects out of the cycle collector's way (common.garbage)
 
 
 class PolicyClient:

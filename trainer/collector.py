@@ -32,7 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.errors import WireError
-from common.packed import freeze_heap
+from common.garbage import freeze_heap
 from common.wire import RolloutResult, WireTrajectory, decode
 from trainer.ingest import PAUSE, ReadAhead
 from trainer.replies import BuiltReplies, PartMissing, build_reply
@@ -88,7 +88,7 @@ class ResultCollector:
         self._backlog_cursor: str | None = "0"  # None once our unacknowledged backlog is read
         self.parts = BuiltReplies()
         self._create_group()
-        freeze_heap()  # the trainer's imports out of the cycle collector's way (common.packed)
+        freeze_heap()  # the trainer's imports out of the cycle collector's way (common.garbage)
         self._ahead: ReadAhead[Entry, Received | Rejected | PartReceived] = ReadAhead(
             f"ingest {self.stream}", self._fetch, self._ingest, _entry_size
         )

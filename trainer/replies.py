@@ -12,7 +12,7 @@ from collections import OrderedDict
 from openai.types.chat.chat_completion import Choice
 
 from common.errors import WireError
-from common.packed import no_gc
+from common.garbage import no_gc
 from common.wire import ChoicePart, decode
 from trainer.trajectories import packed_choice
 

@@ -23,6 +23,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from pydantic import BaseModel
 
 from common import packed
+from common.garbage import no_gc
 from common.wire import WireHistory, WireItem, WireTrajectory
 
 _new = object.__new__
@@ -126,7 +127,7 @@ def _items_from_art(messages_and_choices: Iterable[Any]) -> list[WireItem]:
 
 def to_art_trajectory(wire: WireTrajectory, parts: PartResolver | None = None) -> art.Trajectory:
     """`parts` gives the Choices of turns the worker posted as they ended (`kind="part"`)."""
-    with packed.no_gc():
+    with no_gc():
         return _to_art_trajectory(wire, parts)
 
 
