@@ -8,7 +8,9 @@ extras="${EXTRAS:-dashboard}"
 args=()
 for extra in ${extras//,/ }; do args+=(--extra "$extra"); done
 mkdir -p .wheels
-uv export --frozen --no-dev --no-hashes --no-emit-project "${args[@]}" -o .wheels/locked.txt >/dev/null
+# token-columns is the project's own C extension (native/): built into a wheel below.
+uv export --frozen --no-dev --no-hashes --no-emit-project --no-emit-package token-columns \
+    "${args[@]}" -o .wheels/locked.txt >/dev/null
 # Judge the lock's environment markers for the image (Debian bookworm: CPython 3.11.2, x86_64
 # Linux), not for this host, and pin exactly those packages.
 uv run --frozen python - <<'PY'
@@ -32,4 +34,11 @@ uv tool run --quiet pip download --quiet --disable-pip-version-check --only-bina
     --python-version 3.11 --implementation cp --abi cp311 \
     $(for v in 2014 _2_17 _2_24 _2_28 _2_31 _2_34 _2_36; do echo --platform "manylinux${v}_x86_64"; done) \
     -r .wheels/requirements.txt -d .wheels
+# Built by this host's CPython 3.11 for the image's (the same ABI, cp311, and the same glibc:
+# both Debian bookworm).
+# Its own TMPDIR: uv leaves lock files in it.
+build_tmp=$(mktemp -d "$PWD/.wheels/build.XXXXXX")
+TMPDIR="$build_tmp" uv build --quiet --python 3.11 --wheel native -o .wheels
+rm -rf "$build_tmp"
+echo "token-columns" >> .wheels/requirements.txt
 echo "wheels for extras [$extras] in .wheels/ ($(ls .wheels/*.whl | wc -l) files)"
