@@ -37,11 +37,13 @@ def _bits(value: float) -> bytes:
     return struct.pack("<d", value)
 
 
+# float32's largest, just past it (rounds to it or to inf), its smallest subnormal, half of it
+EDGES = [0.0, -0.0, 3.4028234663852886e38, 3.4028235677973366e38, 1e39, -1e300,
+         1.401298464324817e-45, 7e-46, 5e-324, math.inf, -math.inf]  # fmt: skip
 edge_floats = st.one_of(
     st.floats(width=32).map(float),
     st.floats(),
-    st.sampled_from([0.0, -0.0, 3.4028234663852886e38, 3.4028235677973366e38, 1e39, -1e300,
-                     1.401298464324817e-45, 7e-46, 5e-324, math.inf, -math.inf]),  # fmt: skip
+    st.sampled_from(EDGES),
     st.integers(0, 2**64 - 1).map(lambda bits: struct.unpack("<d", struct.pack("<Q", bits))[0]),
 )
 
