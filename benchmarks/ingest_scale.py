@@ -17,7 +17,7 @@ to them; v4: the replies inline, in a compressed body with their token ids and l
 it; v3: packed, the whole body compressed; v2: one map per token) and fleet
 size: wire bytes per completion token, the codec alone (CPU time, best of --repeats: worker
 encode, trainer decode, ART objects, with `--gc auto` the cycle collector's first pass over them
-included; us per token of the three; "cold": ART objects before the trainer has seen any token id; "freeing":
+included; us per token of the three; "cold": the process's first ART objects; "freeing":
 dropping the ART objects once trained, not in us/token), then rollouts/s,
 tokens/s, MB/s, Redis peak memory, trainer CPU per rollout and tokens per CPU-second (all its
 threads: one core's worth of ingest; in the "drain" run every rollout is posted before the
@@ -70,7 +70,7 @@ from ingest_shapes import (  # noqa: E402
     replies_ahead,
 )
 
-from common import keys, packed  # noqa: E402
+from common import keys  # noqa: E402
 from common.garbage import no_gc  # noqa: E402
 from common.wire import ChoicePart, RolloutResult, decode  # noqa: E402
 from trainer.collector import ResultCollector  # noqa: E402
@@ -86,8 +86,6 @@ def codec(args: argparse.Namespace, version: int) -> dict[str, float]:
         gc.collect()
         gc.disable()
     for repeat in range(args.repeats + 1):
-        if repeat == 0:
-            packed._SPELLINGS.clear()  # the first: no token id seen yet
         began = time.process_time()
         result = make_result(trajectory, 0, 0)
         parts = replies_ahead(result) if version == 5 else []

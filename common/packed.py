@@ -111,10 +111,9 @@ def _spelled_ids(tokens: list[str], hint: Any) -> list[int] | None:
     """The ids whose canonical `token_id:N` spellings are `tokens`; or None. vLLM's `token_ids`
     field (`hint`) usually holds them: checking it is a third of parsing."""
     count = len(tokens)
-    hinted = _int_list(hint) and len(hint) == count
-    if hinted and token_strings(hint) == tokens:
-        return hint
     joined = "\0".join(tokens)
+    if _int_list(hint) and len(hint) == count and _token_text(hint) == joined:
+        return hint
     if not joined.startswith(_PREFIX):
         return None
     try:
@@ -126,24 +125,8 @@ def _spelled_ids(tokens: list[str], hint: Any) -> list[int] | None:
 
 
 def _token_text(ids: list[int]) -> str:
-    return "\0".join(token_strings(ids))
-
-
-_SPELLINGS: dict[int, str] = {}  # token id -> "token_id:N"
-_SPELLINGS_KEPT = 1 << 18  # more than a vocabulary
-
-
-def token_strings(ids: list[int]) -> list[str]:
-    """`token_id:N` for each id. Strings are immutable: one string per id, kept for every
-    later token with that id (a vocabulary's worth: ~20 MB), costs a third of spelling it."""
-    try:
-        return list(map(_SPELLINGS.__getitem__, ids))
-    except KeyError:
-        tokens = (_PREFIX + _SEPARATOR.join(map(str, ids))).split("\0")
-        if len(_SPELLINGS) > _SPELLINGS_KEPT:
-            _SPELLINGS.clear()
-        _SPELLINGS.update(zip(ids, tokens, strict=True))
-    return tokens
+    """The `token_id:N` spellings of `ids`, joined by NULs."""
+    return _PREFIX + _SEPARATOR.join(map(str, ids)) if ids else ""
 
 
 def _pack_floats(values: list[Any], packed: dict[str, Any]) -> None:
@@ -201,16 +184,6 @@ def _pack_common(columns: tuple[bytes, bytes, int, bytes, bytes], text: Any) -> 
     return packed
 
 
-def _same_ids(hint: Any, wide: bytes) -> bool:
-    """`hint` is the list of ints that the little-endian int32 `wide` holds."""
-    if not _int_list(hint) or len(hint) != len(wide) // 4:
-        return False
-    try:
-        return _to_bytes(array("i", hint)) == wide
-    except OverflowError:
-        return False
-
-
 def pack_choice(choice: dict[str, Any]) -> dict[str, Any]:
     """A raw `choices[0]` dict -> its packed form (a msgpack-ready dict)."""
     logprobs = choice.get("logprobs")
@@ -219,12 +192,12 @@ def pack_choice(choice: dict[str, Any]) -> dict[str, Any]:
         return {"raw": choice}
     message = choice.get("message")
     text = message.get("content") if type(message) is dict else None
-    columns = token_columns.pack_entries(content)
+    hint = choice.get("token_ids")
+    columns = token_columns.pack_entries(content, hint)
     if columns is not None:  # what the Python packer below gives for this shape, ~10x sooner
-        packed = _pack_common(columns, text)
-        return _with_head(packed, choice, logprobs, _same_ids(choice.get("token_ids"), columns[0]))
+        return _with_head(_pack_common(columns[:5], text), choice, logprobs, columns[5])
     try:
-        packed, ids = _pack_entries(content, _TOKEN_KEYS, text, choice.get("token_ids"))
+        packed, ids = _pack_entries(content, _TOKEN_KEYS, text, hint)
         tops = list(map(itemgetter("top_logprobs"), content))
         if not _all(tops, list):
             raise PackError("top_logprobs that are not lists")
@@ -234,7 +207,6 @@ def pack_choice(choice: dict[str, Any]) -> dict[str, Any]:
     except (PackError, KeyError, TypeError, ValueError, OverflowError):
         return {"raw": choice}
     # `ids` are what the packed ids decode to (they are the hint itself, usually)
-    hint = choice.get("token_ids")
     return _with_head(packed, choice, logprobs, ids is not None and _int_list(hint) and hint == ids)
 
 
@@ -284,10 +256,12 @@ class Columns:
         if type(count) is not int or count < 0:
             raise PackError("packed entries without a count")
         if "ids" in packed:
-            # head_of restored token_ids from these very ids: not unpacked twice (~15% of this)
-            restored = head is not None and packed.get("tid")
-            ids = head["token_ids"] if restored else _ids(packed).tolist()
-            self.tokens: list[Any] = token_strings(ids)
+            if type(packed["ids"]) is not bytes:
+                raise PackError("packed array 'ids' that is not bytes")
+            try:
+                self.tokens: list[Any] = token_columns.token_strings(packed["ids"], count)
+            except ValueError as exc:
+                raise PackError(f"packed array 'ids': {exc}") from exc
         elif (
             type(packed.get("tok")) is list
             and len(packed["tok"]) == count

@@ -1,11 +1,12 @@
 /* token_columns: the per-token loops of the wire codec (common/packed.py,
  * trainer/trajectories.py) in C, where Python spends ~1 us a token on them.
  *
- * pack_entries(content) -> (ids, logprobs, width, lengths, blob) | None
+ * pack_entries(content, token_ids) -> (ids, logprobs, width, lengths, blob, same) | None
  *     vLLM's per-token entries, when every one has exactly the common shape, as columns:
  *     `token_id:N` ids (int32), logprobs (float32 when every value survives float32 bit for
  *     bit, else float64), the lengths of the `bytes` lists (uint8 when all are < 256, else
- *     uint32) and their values in one blob; all little-endian. None for anything else
+ *     uint32) and their values in one blob; all little-endian; `same`: `token_ids` (vLLM's
+ *     field, any object) is a list of exactly these ints. None for anything else
  *     (top_logprobs, null bytes, bools, subclasses, other spellings...): the Python packer,
  *     which handles every shape, decides those.
  *
@@ -15,6 +16,10 @@
  *     (`slots`: the descriptors of __dict__, __pydantic_fields_set__, __pydantic_extra__,
  *     __pydantic_private__). A column of None gives each object a new empty list. The values
  *     must be valid already: nothing is checked but the columns' shape.
+ *
+ * token_strings(ids, count) -> list[str]
+ *     `token_id:N` for each of `count` packed ids: little-endian uint24 (3 bytes each) or
+ *     int32 (4), as `common.packed` sends them; ValueError for any other size.
  *
  * split_bytes(blob, lengths, width) -> list[list[int]]
  *     The blob cut into lists of byte values, one per little-endian length (uint8 when width
@@ -76,7 +81,18 @@ typedef struct {
     Py_ssize_t blob_size, blob_capacity;
     uint32_t longest;
     int all_narrow;
+    PyObject *hint;      /* vLLM's `token_ids` of the choice */
+    int hint_is_the_ids; /* so far: it is a list of exactly these ints */
 } Columns;
+
+/* `key` is the string `name` (an exact str, as every key here is by then). */
+static int is_key(PyObject *key, PyObject *name) {
+    return key == name
+           || (PyUnicode_GET_LENGTH(key) == PyUnicode_GET_LENGTH(name)
+               && PyUnicode_KIND(key) == PyUnicode_KIND(name)
+               && memcmp(PyUnicode_DATA(key), PyUnicode_DATA(name),
+                         PyUnicode_GET_LENGTH(name) * PyUnicode_KIND(name)) == 0);
+}
 
 /* 1: the entry was added; 0: not the common shape; -1: a Python error. */
 static int add_entry(Columns *c, Py_ssize_t i, PyObject *entry) {
@@ -85,26 +101,35 @@ static int add_entry(Columns *c, Py_ssize_t i, PyObject *entry) {
     }
     /* Keys that are exact strings: the lookups below then run no Python code (no __eq__ of
      * a subclass), so nothing can change the entry or the content while they are read. */
+    PyObject *names[4] = {KEY_TOKEN, KEY_LOGPROB, KEY_BYTES, KEY_TOP};
+    PyObject *values[4], *key;
     Py_ssize_t at = 0;
-    PyObject *key, *item;
-    while (PyDict_Next(entry, &at, &key, &item)) {
+    int in_order = 1; /* vLLM's order: the values are read off as the keys are checked */
+    for (int k = 0; PyDict_Next(entry, &at, &key, &values[k]); k++) {
         if (!PyUnicode_CheckExact(key)) {
             return 0;
         }
+        in_order = in_order && is_key(key, names[k]);
     }
-    PyObject *token = PyDict_GetItemWithError(entry, KEY_TOKEN);
-    PyObject *logprob = token ? PyDict_GetItemWithError(entry, KEY_LOGPROB) : NULL;
-    PyObject *bytes = logprob ? PyDict_GetItemWithError(entry, KEY_BYTES) : NULL;
-    PyObject *top = bytes ? PyDict_GetItemWithError(entry, KEY_TOP) : NULL;
-    if (top == NULL) {
-        return PyErr_Occurred() ? -1 : 0; /* a key missing: not the common shape */
+    for (int k = 0; !in_order && k < 4; k++) {
+        values[k] = PyDict_GetItemWithError(entry, names[k]);
+        if (values[k] == NULL) {
+            return PyErr_Occurred() ? -1 : 0; /* a key missing: not the common shape */
+        }
     }
+    PyObject *token = values[0], *logprob = values[1], *bytes = values[2], *top = values[3];
     int64_t id = token_id(token);
     if (id < 0 || !PyFloat_CheckExact(logprob) || !PyList_CheckExact(bytes)
         || !PyList_CheckExact(top) || PyList_GET_SIZE(top) != 0) {
         return 0;
     }
     put_u32(c->ids + 4 * i, (uint32_t)id);
+    if (c->hint_is_the_ids) {
+        PyObject *hinted = PyList_GET_ITEM(c->hint, i);
+        int overflow = 0;
+        c->hint_is_the_ids = PyLong_CheckExact(hinted)
+                             && PyLong_AsLongLongAndOverflow(hinted, &overflow) == id && !overflow;
+    }
     double value = PyFloat_AS_DOUBLE(logprob);
     float narrow = (float)(isfinite(value) && fabs(value) > FLT_MAX ? 0.0 : value);
     memcpy(c->narrow + 4 * i, &narrow, 4);
@@ -164,18 +189,25 @@ static PyObject *columns_tuple(Columns *c, Py_ssize_t n) {
     }
     int width = c->all_narrow ? 4 : 8;
     return Py_BuildValue(
-        "(y#y#iNy#)", (const char *)c->ids, 4 * n,
+        "(y#y#iNy#O)", (const char *)c->ids, 4 * n,
         (const char *)(width == 4 ? c->narrow : c->wide), width * n, width, lengths,
-        (const char *)c->blob, c->blob_size);
+        (const char *)c->blob, c->blob_size, c->hint_is_the_ids ? Py_True : Py_False);
 }
 
-static PyObject *pack_entries(PyObject *module, PyObject *content) {
+static PyObject *pack_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pack_entries(content, token_ids) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *content = args[0];
     if (!PyList_CheckExact(content)) {
         Py_RETURN_NONE;
     }
     Py_ssize_t n = PyList_GET_SIZE(content);
     Columns c = {0};
     c.all_narrow = 1;
+    c.hint = args[1];
+    c.hint_is_the_ids = PyList_CheckExact(c.hint) && PyList_GET_SIZE(c.hint) == n;
     c.ids = PyMem_Malloc(4 * n + 1);
     c.narrow = PyMem_Malloc(4 * n + 1);
     c.wide = PyMem_Malloc(8 * n + 1);
@@ -357,10 +389,67 @@ done:
     return out;
 }
 
+/* "token_id:N" for one id: a new string (about what a dict lookup of a shared one costs, when
+ * the ids of a long rollout miss the CPU's caches). */
+static PyObject *spelling(int64_t id) {
+    char digits[24];
+    int count = 0, negative = id < 0;
+    uint64_t rest = negative ? (uint64_t)(-id) : (uint64_t)id;
+    do { /* backwards, then copied in order below */
+        digits[count++] = (char)('0' + rest % 10);
+        rest /= 10;
+    } while (rest);
+    PyObject *text = PyUnicode_New(9 + negative + count, 127);
+    if (text != NULL) {
+        char *at = (char *)PyUnicode_1BYTE_DATA(text);
+        memcpy(at, "token_id:", 9);
+        at += 9;
+        if (negative) {
+            *at++ = '-';
+        }
+        while (count) {
+            *at++ = digits[--count];
+        }
+    }
+    return text;
+}
+
+static PyObject *token_strings(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "token_strings(ids: bytes, count: int)");
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[1]), size = PyBytes_GET_SIZE(args[0]);
+    if (count < 0 || (size != 3 * count && size != 4 * count)) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError, "token_strings: %zd bytes of ids for %zd tokens",
+                         size, count);
+        }
+        return NULL;
+    }
+    int width = size == 3 * count ? 3 : 4;
+    const unsigned char *at = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    PyObject *out = PyList_New(count);
+    for (Py_ssize_t i = 0; out != NULL && i < count; i++, at += width) {
+        uint32_t bits = at[0] | at[1] << 8 | (uint32_t)at[2] << 16;
+        int64_t id = width == 3 ? (int64_t)bits : (int64_t)(int32_t)(bits | (uint32_t)at[3] << 24);
+        PyObject *text = spelling(id);
+        if (text == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, text);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
-    {"pack_entries", pack_entries, METH_O, "vLLM's per-token entries as packed columns, or None."},
+    {"pack_entries", (PyCFunction)(void (*)(void))pack_entries, METH_FASTCALL,
+     "vLLM's per-token entries as packed columns, or None."},
     {"build_models", (PyCFunction)(void (*)(void))build_models, METH_FASTCALL,
      "Pydantic models built from columns of valid values, without validation."},
+    {"token_strings", (PyCFunction)(void (*)(void))token_strings, METH_FASTCALL,
+     "`token_id:N` for each packed id (uint24 or int32, little-endian)."},
     {"split_bytes", (PyCFunction)(void (*)(void))split_bytes, METH_FASTCALL,
      "A blob split into lists of byte values by little-endian lengths of width 1 or 4."},
     {NULL, NULL, 0, NULL},

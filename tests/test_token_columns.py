@@ -28,7 +28,7 @@ from trainer.trajectories import _SLOTS, _TOKEN_FIELDS, _build
 
 def _python_packer(choice: dict[str, Any]) -> dict[str, Any]:
     """pack_choice with the C fast path declining every choice."""
-    declining = SimpleNamespace(pack_entries=lambda content: None)
+    declining = SimpleNamespace(pack_entries=lambda content, token_ids: None)
     with mock.patch.object(packed, "token_columns", declining):
         return packed.pack_choice(copy.deepcopy(choice))
 
@@ -69,8 +69,18 @@ def common_shape_choices(draw: st.DrawFn) -> dict[str, Any]:
         "logprobs": {"content": content},
         "finish_reason": "stop",
     }
-    if draw(st.booleans()):
-        choice["token_ids"] = [int(e["token"][9:]) for e in content]
+    ids = [int(e["token"][9:]) for e in content]
+    hint = draw(st.sampled_from(["same", "absent", "bool", "huge", "short", "tuple"]))
+    if hint != "absent":
+        choice["token_ids"] = {
+            "same": ids,
+            "bool": [True] + ids[1:],  # == [1, ...] but not ints: sent as it is
+            "huge": ids[:-1] + [ids[-1] + 2**64],
+            "short": ids[:-1],
+            "tuple": tuple(ids),
+        }[hint]
+    if draw(st.booleans()):  # keys in another order than vLLM's: looked up, not read off
+        content[:] = [dict(reversed(entry.items())) for entry in content]
     return choice
 
 
@@ -121,8 +131,8 @@ def test_the_c_packer_declines_what_it_does_not_take(choice: dict[str, Any]) -> 
 )
 def test_an_entry_off_the_common_shape_goes_to_the_python_packer(entry: dict[str, Any]) -> None:
     good = {"token": "token_id:1", "logprob": -0.5, "bytes": [104], "top_logprobs": []}
-    assert token_columns.pack_entries([good]) is not None
-    assert token_columns.pack_entries([good, entry]) is None
+    assert token_columns.pack_entries([good], None) is not None
+    assert token_columns.pack_entries([good, entry], None) is None
     _same_packing({"index": 0, "logprobs": {"content": [good, entry]}, "finish_reason": "stop"})
 
 
@@ -134,7 +144,7 @@ def test_a_key_that_is_not_exactly_a_string_declines_instead_of_running_its_code
         __hash__ = str.__hash__
 
     entry = {Hostile("token"): "token_id:1", "logprob": -0.5, "bytes": [104], "top_logprobs": []}
-    assert token_columns.pack_entries([entry]) is None
+    assert token_columns.pack_entries([entry], None) is None
 
 
 def test_built_models_equal_what_pydantic_constructs() -> None:
@@ -191,3 +201,18 @@ def test_split_bytes_cuts_the_blob_or_refuses() -> None:
             token_columns.split_bytes(blob, lengths, 1)
     with pytest.raises(ValueError, match="width"):
         token_columns.split_bytes(b"", b"\x00\x00", 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50))
+def test_token_strings_spell_packed_ids(ids: list[int]) -> None:
+    wide = struct.pack(f"<{len(ids)}i", *ids)
+    assert token_columns.token_strings(wide, len(ids)) == [f"token_id:{i}" for i in ids]
+    if all(0 <= i < 2**24 for i in ids):  # uint24, as vocabularies travel
+        narrow = b"".join(struct.pack("<I", i)[:3] for i in ids)
+        assert token_columns.token_strings(narrow, len(ids)) == [f"token_id:{i}" for i in ids]
+
+
+def test_token_strings_refuse_ids_of_the_wrong_size() -> None:
+    with pytest.raises(ValueError, match="5 bytes of ids for 2 tokens"):
+        token_columns.token_strings(b"\0" * 5, 2)
