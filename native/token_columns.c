@@ -12,10 +12,10 @@
  *
  * build_models(cls, names, columns, fields_set, slots) -> list
  *     What `cls.model_construct(**dict(zip(names, row)))` gives for each row of `columns`, at
- *     a tenth of its cost: object.__new__(cls) with its four pydantic slots set directly
- *     (`slots`: the descriptors of __dict__, __pydantic_fields_set__, __pydantic_extra__,
- *     __pydantic_private__). A column of None gives each object a new empty list. The values
- *     must be valid already: nothing is checked but the columns' shape.
+ *     a tenth of its cost: object.__new__(cls), its __dict__ filled and its other pydantic
+ *     slots set directly (`slots`: the descriptors of __pydantic_fields_set__,
+ *     __pydantic_extra__, __pydantic_private__). A column of None gives each object a new
+ *     empty list. The values must be valid already: nothing is checked but the columns' shape.
  *
  * token_strings(ids, count) -> list[str]
  *     `token_id:N` for each of `count` packed ids: little-endian uint24 (3 bytes each) or
@@ -251,7 +251,9 @@ static int set_slot(PyObject *slot, PyObject *object, PyObject *value) {
 static PyObject *build_one(PyTypeObject *cls, PyObject *names, PyObject *columns,
                            Py_ssize_t row, PyObject *fields_set, PyObject *slots) {
     PyObject *object = PyBaseObject_Type.tp_new(cls, EMPTY_TUPLE, NULL);
-    PyObject *values = PyDict_New();
+    /* The instance's own __dict__, as an attribute set on it would make: sharing its class's
+     * table of keys (a split dict) instead of allocating one per object. */
+    PyObject *values = object == NULL ? NULL : PyObject_GenericGetDict(object, NULL);
     PyObject *extra = PyDict_New();
     if (object == NULL || values == NULL || extra == NULL) {
         goto failed;
@@ -274,10 +276,9 @@ static PyObject *build_one(PyTypeObject *cls, PyObject *names, PyObject *columns
             goto failed;
         }
     }
-    if (set_slot(PyTuple_GET_ITEM(slots, 0), object, values) < 0
-        || set_slot(PyTuple_GET_ITEM(slots, 1), object, fields_set) < 0
-        || set_slot(PyTuple_GET_ITEM(slots, 2), object, extra) < 0
-        || set_slot(PyTuple_GET_ITEM(slots, 3), object, Py_None) < 0) {
+    if (set_slot(PyTuple_GET_ITEM(slots, 0), object, fields_set) < 0
+        || set_slot(PyTuple_GET_ITEM(slots, 1), object, extra) < 0
+        || set_slot(PyTuple_GET_ITEM(slots, 2), object, Py_None) < 0) {
         goto failed;
     }
     Py_DECREF(values);
@@ -300,10 +301,10 @@ static PyObject *build_models(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *fields_set = args[3], *slots = args[4];
     if (!PyType_Check(cls) || !PyTuple_CheckExact(names) || !PyTuple_CheckExact(columns)
         || PyTuple_GET_SIZE(names) != PyTuple_GET_SIZE(columns) || !PyTuple_CheckExact(slots)
-        || PyTuple_GET_SIZE(slots) != 4) {
+        || PyTuple_GET_SIZE(slots) != 3) {
         PyErr_SetString(PyExc_TypeError,
-                        "build_models: a class, a tuple of names, a tuple of as many columns "
-                        "and the 4 pydantic slots");
+                        "build_models: a class, a tuple of names, a tuple of as many columns, "
+                        "the fields set and 3 pydantic slots");
         return NULL;
     }
     Py_ssize_t rows = -1;

@@ -25,17 +25,12 @@ from common import packed
 from common.garbage import no_gc
 from common.wire import WireHistory, WireItem, WireTrajectory
 
-# pydantic keeps a model's state in four slots: its field values (`__dict__`), the names of the
-# fields set, the extra fields and the private attributes; `token_columns.build_models` sets
-# them directly, as `model_construct` would, from columns of values checked at the boundary.
+# pydantic keeps a model's state in its `__dict__` (the field values) and three slots: the names
+# of the fields set, the extra fields and the private attributes; `token_columns.build_models`
+# fills them directly, as `model_construct` would, from columns of values checked at the boundary.
 _SLOTS = tuple(
     BaseModel.__dict__[name]
-    for name in (
-        "__dict__",
-        "__pydantic_fields_set__",
-        "__pydantic_extra__",
-        "__pydantic_private__",
-    )
+    for name in ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
 )
 # Shared by every object built here: all fields are set, so pydantic never adds to it.
 _TOKEN_FIELDS = set(ChatCompletionTokenLogprob.model_fields)
