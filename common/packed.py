@@ -15,6 +15,10 @@ choice's `logprobs.content` travels as a few byte strings instead:
 
 A choice whose per-token entries do not have exactly vLLM's shape travels unpacked (`raw`), so
 the round trip is exact for anything JSON can hold. `unpack_choice(pack_choice(c)) == c`.
+
+The per-token loops of the common case run in C (`native/token_columns.c`): packing what vLLM
+sends for ART (the Python packer here handles every other shape, and is what the C packer is
+tested against), spelling the token strings and cutting the byte blob.
 """
 
 from __future__ import annotations
@@ -176,9 +180,8 @@ def _pack_entries(
 
 def _pack_common(columns: tuple[bytes, bytes, int, bytes, bytes], text: Any) -> dict[str, Any]:
     """The packed form of what `token_columns.pack_entries` gave (the common shape)."""
-    ids, logprobs, width, lengths, blob = columns
-    packed = {"n": len(ids) // 4, "ids": _narrowed(ids), "lp": logprobs, "lpw": width}
-    packed["bl"] = lengths
+    ids, lp, width, lengths, blob = columns
+    packed = {"n": len(ids) // 4, "ids": _narrowed(ids), "lp": lp, "lpw": width, "bl": lengths}
     if not (isinstance(text, str) and text.encode("utf-8", "surrogatepass") == blob):
         packed["bb"] = blob
     return packed
