@@ -132,8 +132,13 @@ static int add_entry(Columns *c, Py_ssize_t i, PyObject *entry) {
     }
     double value = PyFloat_AS_DOUBLE(logprob);
     float narrow = (float)(isfinite(value) && fabs(value) > FLT_MAX ? 0.0 : value);
-    memcpy(c->narrow + 4 * i, &narrow, 4);
-    memcpy(c->wide + 8 * i, &value, 8);
+    uint32_t narrow_bits;
+    uint64_t wide_bits;
+    memcpy(&narrow_bits, &narrow, 4);
+    memcpy(&wide_bits, &value, 8);
+    put_u32(c->narrow + 4 * i, narrow_bits);
+    put_u32(c->wide + 8 * i, (uint32_t)wide_bits);
+    put_u32(c->wide + 8 * i + 4, (uint32_t)(wide_bits >> 32));
     c->all_narrow = c->all_narrow && exact_in_float32(value);
     Py_ssize_t count = PyList_GET_SIZE(bytes);
     if (c->blob_size + count > c->blob_capacity) {
