@@ -1,3 +1,4 @@
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("token_columns", ["token_columns.c"], extra_compile_args=["-O2"])])
+sources = ["token_columns.c", "pack.c", "unpack.c"]
+setup(ext_modules=[Extension("token_columns", sources, extra_compile_args=["-O2"])])
