@@ -34,9 +34,8 @@ uv tool run --quiet pip download --quiet --disable-pip-version-check --only-bina
     --python-version 3.11 --implementation cp --abi cp311 \
     $(for v in 2014 _2_17 _2_24 _2_28 _2_31 _2_34 _2_36; do echo --platform "manylinux${v}_x86_64"; done) \
     -r .wheels/requirements.txt -d .wheels
-# Built by this host's CPython 3.11 for the image's (the same ABI, cp311, and the same glibc:
-# both Debian bookworm).
-# Its own TMPDIR: uv leaves lock files in it.
+# The C extension, built by this host's CPython 3.11 for the image's (the same ABI, cp311, and
+# the same glibc: both Debian bookworm), in a TMPDIR of its own (uv leaves lock files there).
 build_tmp=$(mktemp -d "$PWD/.wheels/build.XXXXXX")
 TMPDIR="$build_tmp" uv build --quiet --python 3.11 --wheel native -o .wheels
 rm -rf "$build_tmp"
