@@ -251,7 +251,7 @@ class Columns:
     __slots__ = ("bytes", "logprobs", "tokens")
 
     def __init__(self, packed: dict[str, Any], head: dict[str, Any] | None) -> None:
-        """`head`: what `head_of` gave for the choice (its message text and token ids serve);
+        """`head`: what `head_of` gave for the choice (its message text serves);
         None for the flattened top_logprobs."""
         if type(packed) is not dict:
             raise PackError("packed columns are a map")
